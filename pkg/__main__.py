@@ -1,0 +1,3 @@
+from biolm.cli.app import main
+
+main()
