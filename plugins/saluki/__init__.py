@@ -1,0 +1,66 @@
+"""The ``saluki`` plugin: Saluki (Agarwal & Kelley 2022), a CNN + GRU for mRNA half-life.
+
+Hook implementations only; the model lives in :mod:`biolm.plugins.saluki.model` and is imported
+when a model is built, so listing plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from biolm.core.hookspecs import ModelSpec, PluginConfig, hookimpl
+from biolm.core.schema import opt
+
+TRAIN = {"fine-tune"}
+
+
+@dataclass
+class SalukiSchema:
+    filters: int = opt(64, "Convolution filters and GRU units.", minimum=1, modes=TRAIN)
+    kernel_size: int = opt(5, "Convolution kernel width.", minimum=1, modes=TRAIN)
+    num_layers: int = opt(6, "Number of LayerNorm-ReLU-Conv-Dropout-MaxPool blocks.", minimum=0, modes=TRAIN)
+    dropout: float = opt(0.3, "Dropout after each block's convolution and after the dense layer.", minimum=0.0, maximum=1.0, modes=TRAIN)
+    ln_epsilon: float = opt(0.007, "LayerNorm epsilon (added to the variance).", minimum=0.0, modes=TRAIN)
+    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum, Keras convention (torch momentum = 1 - this).", minimum=0.0, maximum=1.0, modes=TRAIN)
+    augment_shift: int = opt(3, "Training-only random shift augmentation of 0..augment_shift positions.", minimum=0, modes=TRAIN)
+    go_backwards: bool = opt(True, "The GRU reads from the 3' end to the 5' end (as the original).", modes=TRAIN)
+    l2_scale: float = opt(1e-3, "L2 penalty on convolution and dense kernels (added to the loss).", minimum=0.0, modes=TRAIN)
+
+
+def _build(model_cfg: SalukiSchema, info):
+    from .model import Saluki
+
+    return Saluki(
+        in_channels=info.in_channels,
+        seq_length=info.blocksize,
+        filters=model_cfg.filters,
+        kernel_size=model_cfg.kernel_size,
+        num_layers=model_cfg.num_layers,
+        dropout=model_cfg.dropout,
+        ln_epsilon=model_cfg.ln_epsilon,
+        bn_momentum=model_cfg.bn_momentum,
+        augment_shift=model_cfg.augment_shift,
+        go_backwards=model_cfg.go_backwards,
+        num_outputs=info.n_outputs,
+        l2_scale=model_cfg.l2_scale,
+    )
+
+
+@hookimpl
+def register_config(register):
+    register(
+        PluginConfig(
+            name="saluki",
+            description="Saluki CNN+GRU (Agarwal & Kelley 2022) for mRNA sequences, e.g. half-life.",
+            model_schema=SalukiSchema,
+            training_defaults=dict(lr=1e-4, beta1=0.9, beta2=0.998, clipnorm=0.5, batchsize=64, blocksize=12288, optimizer="adam", weightdecay=0.0),
+            modes=("tokenize", "fine-tune", "predict", "interpret"),
+            fixed_length=True,
+            min_blocksize=1,
+        )
+    )
+
+
+@hookimpl
+def register_model(register):
+    register("saluki", ModelSpec(build=_build))

@@ -1,0 +1,238 @@
+"""The ``biolm`` command line: a thin Typer layer over :mod:`biolm.core.runner`.
+
+Plugin commands are built lazily, so ``biolm --help`` imports no torch and no model code; each
+mode's options are generated from the config schema (one source for YAML keys, CLI options and help).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from biolm import __version__
+from biolm.core.errors import BiolmError
+from biolm.core.hookspecs import MODES
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+TASK_MODES = ("fine-tune", "predict", "interpret")
+_state = {"debug": bool(os.environ.get("BIOLM_DEBUG")), "quiet": False}
+
+
+def _registry():
+    from biolm.core.plugins import get_registry
+
+    return get_registry()
+
+
+def _fail(exc: BaseException) -> None:
+    """One readable line on stderr; a traceback only with --debug."""
+    if isinstance(exc, BiolmError):
+        if _state["debug"]:
+            raise exc
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    if isinstance(exc, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    if _state["debug"]:
+        raise exc
+    typer.echo(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+    raise typer.Exit(1)
+
+
+def _option_for(spec, index: int) -> inspect.Parameter:
+    """A Typer option generated from one schema key."""
+    meta = spec.meta
+    kind = meta["kind"]
+    flag = meta.get("flag") or spec.key.replace("_", "-")
+    help_text = meta["help"]
+    if meta.get("choices"):
+        help_text += f" [{'|'.join(meta['choices'])}]"
+    panel = spec.section_title
+    if kind == "bool":
+        decl = (f"--{flag}/--no-{flag}",)
+        annotation: Any = Optional[bool]
+    else:
+        decl = (f"--{flag}",)
+        annotation = {"int": Optional[int], "float": Optional[float]}.get(kind, Optional[str])
+    return inspect.Parameter(
+        f"opt_{index}",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(None, *decl, help=help_text, rich_help_panel=panel, show_default=False),
+        annotation=annotation,
+    )
+
+
+def _mode_command(plugin_name: str, mode: str):
+    from biolm.core.config import all_specs
+    from biolm.core.schema import keys_for_mode
+
+    reg = _registry()
+    plugin = reg.plugin(plugin_name)
+    specs = keys_for_mode(mode, plugin.model_schema)
+    params = []
+    if mode in TASK_MODES:
+        params.append(
+            inspect.Parameter(
+                "task",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(..., "--task", help="regression or classification.", rich_help_panel="run"),
+                annotation=str,
+            )
+        )
+    params.append(
+        inspect.Parameter(
+            "configfile",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--configfile", "-c", help="YAML configuration file.", rich_help_panel="run"),
+            annotation=Optional[Path],
+        )
+    )
+    seen: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        flag = spec.meta.get("flag") or spec.key.replace("_", "-")
+        if flag in seen:  # a plugin key named like a core key: keep the core one's name
+            continue
+        seen[flag] = spec.dotted
+        params.append(_option_for(spec, i))
+    paths = {f"opt_{i}": ".".join(s.path) for i, s in enumerate(specs)}
+    del all_specs
+
+    def command(**kwargs: Any) -> None:
+        task = kwargs.pop("task", None)
+        configfile = kwargs.pop("configfile", None)
+        cli_values = {paths[k]: v for k, v in kwargs.items() if v is not None}
+        try:
+            from biolm.core.runner import run
+
+            run(plugin_name, mode, task=task, configfile=configfile, cli_values=cli_values, quiet=_state["quiet"])
+        except typer.Exit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure ends as one line + exit code
+            _fail(exc)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    doc = {
+        "tokenize": "Learn the tokenizer on the tokenizing data source; writes OUTPUTPATH/tokenizer.json.",
+        "pre-train": "Pre-train the model (masked-LM) on the tokenizing data source.",
+        "fine-tune": "Train for regression or classification, with splits and cross-validation.",
+        "predict": "Predict with a fine-tuned model (a fold folder or a cross-validation parent).",
+        "interpret": "Leave-one-out importance scores for every token of every sequence.",
+    }[mode]
+    command.__doc__ = doc
+    sub = typer.Typer(context_settings=CONTEXT, add_completion=False, pretty_exceptions_enable=False)
+    sub.command(name=mode, help=doc)(command)
+    return typer.main.get_command(sub)
+
+
+class PluginGroup(TyperGroup):
+    """``biolm PLUGIN MODE``: mode commands are built only when asked for."""
+
+    def __init__(self, plugin_name: str, modes: tuple[str, ...], **kw: Any):
+        super().__init__(name=plugin_name, **kw)
+        self.plugin_name = plugin_name
+        self.modes = modes
+
+    def list_commands(self, ctx):
+        return [m for m in MODES if m in self.modes]
+
+    def get_command(self, ctx, name):
+        if name not in self.modes:
+            return None
+        return _mode_command(self.plugin_name, name)
+
+    def format_commands(self, ctx, formatter):
+        # listing modes must not build their (schema-sized) option lists
+        rows = [(m, _MODE_HELP[m]) for m in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Modes"):
+                formatter.write_dl(rows)
+
+
+_MODE_HELP = {
+    "tokenize": "learn the tokenizer",
+    "pre-train": "masked-LM pre-training",
+    "fine-tune": "train with splits / cross-validation",
+    "predict": "predict with a fine-tuned model",
+    "interpret": "leave-one-out scores",
+}
+
+
+class RootGroup(TyperGroup):
+    """Static commands plus one group per installed plugin."""
+
+    def list_commands(self, ctx):
+        return super().list_commands(ctx) + sorted(_registry().configs)
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        reg = _registry()
+        if name not in reg.configs:
+            return None
+        cfg = reg.configs[name]
+        return PluginGroup(name, cfg.modes, help=cfg.description, context_settings=CONTEXT, rich_markup_mode=None)
+
+
+app = typer.Typer(
+    cls=RootGroup,
+    context_settings=CONTEXT,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    help="biolm: train and use deep models on biological sequences and single-cell data with one YAML file.\n\n"
+    "Usage: biolm PLUGIN MODE --configfile x.yaml [--task regression|classification] [options]",
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"biolm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output directory (for scripts)."),
+) -> None:
+    _state["debug"] = _state["debug"] or debug
+    _state["quiet"] = quiet
+
+
+@app.command("plugins")
+def plugins_command() -> None:
+    """List installed plugins, their versions and modes (and broken ones with their error)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    reg = _registry()
+    table = Table(title="biolm plugins")
+    for col in ("plugin", "version", "modes", "description"):
+        table.add_column(col)
+    for name in sorted(reg.configs):
+        cfg = reg.configs[name]
+        table.add_row(name, cfg.version or reg.dists.get(name, ""), ", ".join(cfg.modes), cfg.description)
+    for b in reg.broken:
+        table.add_row(b.name, "", "BROKEN", b.error)
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app(prog_name="biolm")
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            _fail(exc)
+        except typer.Exit as e:
+            sys.exit(e.exit_code)

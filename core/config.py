@@ -1,0 +1,410 @@
+"""Load, validate and resolve a run's configuration.
+
+Precedence: CLI > YAML > plugin defaults > core defaults. Every key is validated against the
+schema in :mod:`biolm.core.schema`; errors are :class:`ConfigError` naming the key, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import difflib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BiolmError, ConfigError
+from .hookspecs import PluginConfig
+from .schema import SOURCE_FOR_MODE, Config, KeySpec, is_section, iter_keys, yaml_name
+
+UNSET_STRINGS = {"", "none", "null", "~"}
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+def _is_unset(value: Any, meta: dict) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str) and value.strip().lower() in UNSET_STRINGS:
+        return True
+    if value is False and meta.get("false_is_unset"):
+        return True
+    return False
+
+
+def _scalar_from_text(value: Any) -> Any:
+    """CLI strings and quoted YAML strings for structured keys are parsed as YAML."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(where, f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(where, f"expected an integer, got {value!r}")
+
+
+def _to_float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(where, f"expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:  # PyYAML reads 1e-4 (no dot) as a string
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(where, f"expected a number, got {value!r}")
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("true", "yes", "on", "1"):
+            return True
+        if v in ("false", "no", "off", "0"):
+            return False
+    raise ConfigError(where, f"expected true or false, got {value!r}")
+
+
+def parse_splitratio(value: Any, where: str) -> tuple[int, ...]:
+    """``85,15`` | ``"85,15"`` | ``[85, 15]`` | ``"70/20/10"`` -> (85, 15) / (70, 20, 10)."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace("/", ",").replace(" ", ",").split(",") if p]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise ConfigError(where, f"expected 2 or 3 percentages like '85,15' or '70/20/10', got {value!r}")
+    try:
+        nums = tuple(_to_int(p, where) for p in parts)
+    except ConfigError:
+        raise ConfigError(where, f"expected whole-number percentages like '85,15' or '70/20/10', got {value!r}") from None
+    if len(nums) not in (2, 3) or any(n <= 0 for n in nums) or sum(nums) != 100:
+        raise ConfigError(where, f"expected 2 or 3 positive percentages summing to 100, got {value!r}")
+    return nums
+
+
+def _split_id(value: Any, where: str) -> str:
+    if isinstance(value, (list, dict)):
+        raise ConfigError(where, f"expected a split id, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def parse_splits(value: Any, where: str) -> list:
+    """A list of split ids, or a list of lists of split ids (cross-validation). Ids become strings."""
+    value = _scalar_from_text(value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(where, f"expected a list like [1, 2] or a list of lists like [[1], [2]], got {value!r}")
+    if all(isinstance(v, (list, tuple)) for v in value):
+        out = [[_split_id(x, where) for x in v] for v in value]
+        if any(not v for v in out):
+            raise ConfigError(where, f"empty fold in {value!r}")
+        return out
+    if any(isinstance(v, (list, tuple)) for v in value):
+        raise ConfigError(where, f"mixes split ids and lists: {value!r}; use a list or a list of lists")
+    return [_split_id(v, where) for v in value]
+
+
+def parse_mapping(value: Any, where: str, key: str) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+    if not isinstance(value, dict):
+        raise ConfigError(where, f"expected a mapping (or its JSON string), got {value!r}")
+    if key == "qualityweights":
+        return {str(k): _to_float(v, f"{where}.{k}") for k, v in value.items()}
+    if key == "replacementdict":
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, str):
+                v = [v]
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, (str, int)) for x in v):
+                raise ConfigError(where, f"replacements of {k!r} must be a list of tokens, got {v!r}")
+            out[str(k)] = [str(x) for x in v]
+        return out
+    return dict(value)
+
+
+def coerce(spec: KeySpec, value: Any, source: str | None = None) -> Any:
+    """Validate and convert one value for ``spec``; returns :data:`UNSET` for "not set"."""
+    meta = spec.meta
+    where = spec.dotted
+    kind = meta["kind"]
+    if kind in ("splits", "mapping", "intorbool", "splitratio", "posorfalse") and isinstance(value, str) and kind != "splitratio":
+        value = _scalar_from_text(value)
+    if _is_unset(value, meta):
+        return UNSET
+    try:
+        if kind == "int":
+            out = _to_int(value, where)
+        elif kind == "float":
+            out = _to_float(value, where)
+        elif kind == "bool":
+            out = _to_bool(value, where)
+        elif kind in ("str", "path", "strorfalse"):
+            if isinstance(value, (list, dict)):
+                raise ConfigError(where, f"expected a text value, got {value!r}")
+            if value is True:
+                raise ConfigError(where, f"expected a text value or False, got {value!r}")
+            out = str(value)
+        elif kind == "choice":
+            text = str(value).strip()
+            lowered = {c.lower(): c for c in meta["choices"]}
+            if text.lower() not in lowered:
+                hint = difflib.get_close_matches(text.lower(), list(lowered), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(where, f"expected one of {', '.join(meta['choices'])}, got {value!r}{extra}")
+            out = lowered[text.lower()]
+        elif kind == "splitratio":
+            out = parse_splitratio(value, where)
+        elif kind == "splits":
+            out = parse_splits(value, where)
+        elif kind == "intorbool":
+            if isinstance(value, bool):
+                out = value
+            else:
+                out = _to_int(value, where)
+                if out == 0:
+                    out = False
+                elif out == 1:
+                    raise ConfigError(where, "cross-validation needs at least 2 folds; use False to switch it off")
+                elif out < 0:
+                    raise ConfigError(where, f"expected False, True or a number of folds >= 2, got {value!r}")
+        elif kind == "posorfalse":
+            out = 1 if value is True else _to_int(value, where)
+            if out < 1:
+                raise ConfigError(where, f"column positions are 1-based, got {value!r}")
+        elif kind == "mapping":
+            out = parse_mapping(value, where, spec.key)
+        else:  # pragma: no cover - schema bug
+            raise ConfigError(where, f"unknown kind {kind}")
+    except ConfigError as e:
+        if source and not e.source:
+            raise ConfigError(e.key, str(e).split(": ", 1)[1], source) from None
+        raise
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
+        if lo is not None and out < lo:
+            raise ConfigError(where, f"must be >= {lo}, got {value!r}", source)
+        if hi is not None and out > hi:
+            raise ConfigError(where, f"must be <= {hi}, got {value!r}", source)
+    return out
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML config; syntax errors name file, line and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise BiolmError(f"{p}: config file not found")
+    try:
+        with open(p, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise BiolmError(f"{p}{loc}: invalid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise BiolmError(f"{p}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BiolmError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+class _Tree:
+    """The schema as nested dicts: YAML name -> sub-tree or KeySpec (aliases included)."""
+
+    def __init__(self, specs: list[KeySpec]):
+        self.root: dict = {}
+        for s in specs:
+            node = self.root
+            for part in s.yaml_path[:-1]:
+                node = node.setdefault(part, {})
+            node[s.yaml_path[-1]] = s
+            for alias in s.meta.get("aliases", ()):
+                node.setdefault(alias, s)
+
+
+def _walk(data: dict, node: dict, prefix: tuple, found: list, source: str, settings_keys: dict) -> None:
+    for key, value in data.items():
+        key = str(key)
+        target = node.get(key)
+        if target is None and prefix and prefix[0] == "settings" and not isinstance(value, dict):
+            # the old tool documented some settings keys under other sub-sections: accept them
+            # wherever they appear below settings, as long as the name is unique there
+            target = settings_keys.get(key)
+        if target is None and prefix[-1:] == ("training",) and key == "general" and isinstance(value, dict):
+            _walk(value, node, prefix, found, source, settings_keys)
+            continue
+        if target is None:
+            here = ".".join(prefix + (key,))
+            candidates = list(node)
+            hint = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+            extra = f"; did you mean {hint[0]!r}?" if hint else f"; allowed here: {', '.join(sorted(candidates))}"
+            raise ConfigError(here, f"unknown key{extra}", source)
+        if isinstance(target, dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(".".join(prefix + (key,)), f"expected a section (mapping), got {value!r}", source)
+            _walk(value, target, prefix + (key,), found, source, settings_keys)
+        else:
+            found.append((target, value))
+
+
+def parse_yaml_values(data: dict, specs: list[KeySpec], source: str) -> list[tuple[KeySpec, Any]]:
+    """Match a YAML mapping against the schema; unknown keys are errors with a suggestion."""
+    tree = _Tree(specs)
+    settings_keys: dict[str, KeySpec] = {}
+    counts: dict[str, int] = {}
+    for s in specs:
+        if s.yaml_path[0] == "settings":
+            for name in (s.key, *s.meta.get("aliases", ())):
+                counts[name] = counts.get(name, 0) + 1
+                settings_keys[name] = s
+    settings_keys = {k: v for k, v in settings_keys.items() if counts[k] == 1}
+    found: list = []
+    _walk(data, tree.root, (), found, source, settings_keys)
+    return found
+
+
+def _set(cfg: Any, path: tuple[str, ...], value: Any) -> None:
+    obj = cfg
+    for part in path[:-1]:
+        obj = getattr(obj, part)
+    setattr(obj, path[-1], value)
+
+
+def get(cfg: Any, path: tuple[str, ...]) -> Any:
+    obj = cfg
+    for part in path:
+        obj = getattr(obj, part)
+    return obj
+
+
+def all_specs(plugin: PluginConfig | None) -> list[KeySpec]:
+    return list(iter_keys(Config, model_schema=plugin.model_schema if plugin else None))
+
+
+def resolve(
+    mode: str,
+    plugin: PluginConfig | None,
+    yaml_data: dict | None = None,
+    cli: dict[str, Any] | None = None,
+    source: str = "config",
+) -> Config:
+    """Build the run's :class:`Config`: core defaults < plugin defaults < YAML < CLI.
+
+    ``cli`` maps dotted attribute paths (``settings.training.batchsize``) to raw values.
+    The YAML may hold keys of every mode (one file serves tokenize and fine-tune); only
+    the mode's own data-source section is read into the run.
+    """
+    specs = all_specs(plugin)
+    by_path = {s.path: s for s in specs}
+    cfg = Config()
+    cfg.model = plugin.model_schema() if plugin and plugin.model_schema else None
+    if plugin:
+        settings_by_key = {s.key: s for s in specs if s.path[0] == "settings"}
+        for key, value in plugin.training_defaults.items():
+            spec = settings_by_key.get(key)
+            if spec is None:
+                raise ConfigError(f"{plugin.name} training_defaults.{key}", "unknown settings key (plugin bug)")
+            v = coerce(spec, value)
+            _set(cfg, spec.path, None if v is UNSET else v)
+    for spec, value in parse_yaml_values(yaml_data or {}, specs, source):
+        v = coerce(spec, value, source)
+        if v is UNSET:
+            default = get(cfg, spec.path)
+            if spec.field.default is None or spec.meta.get("false_is_unset") or default is None:
+                _set(cfg, spec.path, None)
+        else:
+            _set(cfg, spec.path, v)
+    for dotted, value in (cli or {}).items():
+        spec = by_path[tuple(dotted.split("."))]
+        v = coerce(spec, value, "command line")
+        _set(cfg, spec.path, None if v is UNSET else v)
+    if mode in SOURCE_FOR_MODE and not cfg.outputpath:
+        fp = getattr(cfg, SOURCE_FOR_MODE[mode]).filepath
+        if fp:
+            name = Path(fp).name
+            for suffix in (".gz", ".txt", ".tsv", ".csv", ".h5ad"):
+                if name.endswith(suffix):
+                    name = name[: -len(suffix)]
+            cfg.outputpath = str(Path(fp).with_name(name))
+    return cfg
+
+
+def to_dict(cfg: Config, mode: str | None = None, plugin: PluginConfig | None = None) -> dict:
+    """The config as a YAML-shaped dict (YAML section names); only the mode's own data source."""
+
+    def conv(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            out = {}
+            for f in dataclasses.fields(obj):
+                if mode and f.name.endswith("_source") and f.name != SOURCE_FOR_MODE.get(mode):
+                    continue
+                val = getattr(obj, f.name)
+                if is_section(f) and val is None:
+                    continue
+                out[yaml_name(f)] = conv(val)
+            return out
+        if isinstance(obj, tuple):
+            return list(obj)
+        if isinstance(obj, dict):
+            return {k: conv(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [conv(v) for v in obj]
+        return obj
+
+    return conv(cfg)
+
+
+def dump_resolved(cfg: Config, mode: str, plugin: PluginConfig, task: str | None, versions: dict) -> str:
+    """YAML text of the resolved config; provenance goes into comments so the file loads as is."""
+    header = [
+        f"# biolm resolved configuration — {plugin.name} {mode}" + (f" --task {task}" if task else ""),
+        f"# written {_dt.datetime.now().isoformat(timespec='seconds')}",
+        f"# python {platform.python_version()} on {platform.platform()}",
+        "# versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"# re-run: biolm {plugin.name} {mode}" + (f" --task {task}" if task else "") + " --configfile <this file>",
+    ]
+    body = yaml.safe_dump(to_dict(cfg, mode), sort_keys=False, allow_unicode=True)
+    return "\n".join(header) + "\n" + body

@@ -1,0 +1,38 @@
+"""Per-run log files (``OUTPUTPATH/<mode>/logs/<timestamp>.log``) and console output."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_logger(logdir: Path, name: str, quiet: bool = False, debug: bool = False) -> tuple[logging.Logger, Path]:
+    """A logger writing everything to a new timestamped file and INFO+ to stderr (unless quiet)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    path = logdir / f"{stamp}.log"
+    n = 1
+    while path.exists():
+        path = logdir / f"{stamp}_{n}.log"
+        n += 1
+    logger = logging.getLogger(f"biolm.run.{name}.{stamp}.{n}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    fh.setLevel(logging.DEBUG)
+    logger.addHandler(fh)
+    if not quiet:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        sh.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.addHandler(sh)
+    return logger, path
+
+
+def close_logger(logger: logging.Logger) -> None:
+    for h in list(logger.handlers):
+        h.close()
+        logger.removeHandler(h)

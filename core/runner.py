@@ -1,0 +1,141 @@
+"""Run one mode of one plugin: resolve the config, set up outputs and logs, dispatch."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import dump_resolved, load_yaml, resolve
+from .errors import BiolmError, ConfigError
+from .hookspecs import PluginConfig
+from .logs import close_logger, setup_logger
+from .outputs import write_text
+from .plugins import Registry, get_registry
+from .schema import SOURCE_FOR_MODE, Config
+
+TASKS = ("regression", "classification")
+# mode -> module of core that carries it out (each has ``execute(run) -> dict summary``)
+MODE_MODULES = {
+    "tokenize": "biolm.core.tokenize",
+    "pre-train": "biolm.core.pretrain",
+    "fine-tune": "biolm.core.finetune",
+    "predict": "biolm.core.predict",
+    "interpret": "biolm.core.interpret",
+}
+
+
+@dataclass
+class Run:
+    """Everything a mode needs: plugin, resolved config, folders and the log."""
+
+    registry: Registry
+    plugin: PluginConfig
+    mode: str
+    task: str | None
+    cfg: Config
+    outdir: Path
+    modedir: Path
+    log: logging.Logger
+    logfile: Path
+    quiet: bool = False
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def source(self):
+        return getattr(self.cfg, SOURCE_FOR_MODE[self.mode])
+
+    @property
+    def tokenizer_spec(self):
+        return self.registry.tokenizer(self.cfg.tokenization.encoding)
+
+    def versions(self) -> dict:
+        return versions(self.plugin, self.registry)
+
+
+def versions(plugin: PluginConfig, registry: Registry) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("biolm", "torch", "numpy", "h5py"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    out[f"plugin {plugin.name}"] = plugin.version or registry.dists.get(plugin.name, "")
+    return out
+
+
+def mode_dirname(mode: str, cfg: Config) -> str:
+    if mode in ("predict", "interpret") and cfg.inference_model.outputdir:
+        return cfg.inference_model.outputdir
+    return mode
+
+
+def prepare(plugin_name: str, mode: str, task: str | None, configfile: str | Path | None, cli_values: dict | None, quiet: bool = False, debug: bool = False) -> Run:
+    registry = get_registry()
+    plugin = registry.plugin(plugin_name)
+    if mode not in plugin.modes:
+        raise BiolmError(f"plugin {plugin_name!r} does not support mode {mode!r}; it supports: {', '.join(plugin.modes)}")
+    if mode in ("fine-tune", "predict", "interpret"):
+        if task not in TASKS:
+            raise BiolmError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    yaml_data = load_yaml(configfile) if configfile else {}
+    cfg = resolve(mode, plugin, yaml_data, cli_values, source=str(configfile) if configfile else "config")
+    src = getattr(cfg, SOURCE_FOR_MODE[mode])
+    if not src.filepath:
+        section = {"tokenizing_source": "tokenizing and pre-training data source", "finetuning_source": "fine-tuning data source", "inference_source": "inference data source"}[SOURCE_FOR_MODE[mode]]
+        raise ConfigError(f"{section}.filepath", f"required for {mode} (the data file to read)", str(configfile) if configfile else None)
+    if not cfg.outputpath:
+        raise ConfigError("outputpath", "not set and no data file to derive it from")
+    outdir = Path(cfg.outputpath)
+    modedir = outdir / mode_dirname(mode, cfg)
+    modedir.mkdir(parents=True, exist_ok=True)
+    log, logfile = setup_logger(modedir / "logs", f"{plugin_name}.{mode}", quiet=quiet, debug=debug)
+    run = Run(registry, plugin, mode, task, cfg, outdir, modedir, log, logfile, quiet)
+    write_text(modedir / "config.yaml", dump_resolved(cfg, mode, plugin, task, run.versions()))
+    log.debug("resolved config written to %s", modedir / "config.yaml")
+    return run
+
+
+def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | Path | None = None, cli_values: dict | None = None, quiet: bool = False, debug: bool = False) -> Run:
+    """Carry out ``biolm PLUGIN MODE``; returns the finished :class:`Run` (its ``summary`` filled)."""
+    r = prepare(plugin_name, mode, task, configfile, cli_values, quiet=quiet, debug=debug)
+    try:
+        module = importlib.import_module(MODE_MODULES[mode])
+        r.summary = module.execute(r) or {}
+    except BiolmError as exc:
+        r.log.debug("failed: %s", exc)
+        close_logger(r.log)
+        raise
+    except BaseException:
+        r.log.exception("unexpected failure")
+        close_logger(r.log)
+        raise
+    r.log.info("log written to %s", r.logfile)
+    close_logger(r.log)
+    print_summary(r)
+    return r
+
+
+def print_summary(r: Run) -> None:
+    if r.quiet:
+        print(r.modedir)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    metrics: dict[str, Any] = r.summary.get("metrics") or {}
+    if metrics:
+        table = Table(title=f"{r.plugin.name} {r.mode}" + (f" ({r.task})" if r.task else ""))
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in metrics.items():
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        console.print(table)
+    for line in r.summary.get("lines", []):
+        console.print(line)
+    console.print(f"outputs: {r.modedir}")
