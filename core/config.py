@@ -167,7 +167,7 @@ def coerce(spec: KeySpec, value: Any, source: str | None = None) -> Any:
     meta = spec.meta
     where = spec.dotted
     kind = meta["kind"]
-    if kind in ("splits", "mapping", "intorbool", "splitratio", "posorfalse") and isinstance(value, str) and kind != "splitratio":
+    if kind in ("splits", "mapping", "intorbool", "posorfalse", "intlist") and isinstance(value, str):
         value = _scalar_from_text(value)
     if _is_unset(value, meta):
         return UNSET
@@ -213,6 +213,13 @@ def coerce(spec: KeySpec, value: Any, source: str | None = None) -> Any:
                 raise ConfigError(where, f"column positions are 1-based, got {value!r}")
         elif kind == "mapping":
             out = parse_mapping(value, where, spec.key)
+        elif kind == "intlist":
+            value = _scalar_from_text(value)
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(where, f"expected a list of integers like [2, 2], got {value!r}")
+            out = [_to_int(v, where) for v in value]
         else:  # pragma: no cover - schema bug
             raise ConfigError(where, f"unknown kind {kind}")
     except ConfigError as e:

@@ -1,0 +1,337 @@
+"""The training engine shared by every plugin: plain torch, seeded, resumable, event-driven.
+
+Training events are pluggy hooks (see :mod:`biolm.core.hookspecs`); early stopping,
+checkpointing and the progress log are ordinary hook implementations registered per fold, so a
+user's package can add its own next to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .hookspecs import hookimpl
+from .outputs import read_json, save_torch, write_json
+
+
+def resolve_device(env: Any) -> torch.device:
+    if env.device == "cpu":
+        return torch.device("cpu")
+    if env.device == "cuda":
+        if not torch.cuda.is_available():
+            from .errors import ConfigError
+
+            raise ConfigError("settings.environment.device", "cuda requested but no CUDA device is visible")
+        return torch.device("cuda", _local_rank())
+    return torch.device("cuda", _local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA by default; float32 on CPU unless bf16 is asked for."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class TrainState:
+    """What training-event hooks see. Set ``stop_training = True`` to stop after this epoch."""
+
+    plugin: str
+    fold: str
+    folddir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    nepochs: int
+    epoch: int = 0
+    step: int = 0
+    batch: dict | None = None
+    loss: float | None = None
+    metrics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    stop_training: bool = False
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict | None = None
+    log: Any = None
+
+
+class EarlyStopping:
+    """Keeps the best weights (lowest validation loss) and stops after ``patience`` bad epochs."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    @hookimpl(tryfirst=True)
+    def on_epoch_end(self, state: TrainState) -> None:
+        val = state.metrics.get("val_loss", math.inf)
+        if val < state.best_val_loss:
+            state.best_val_loss = val
+            state.best_epoch = state.epoch
+            state.bad_epochs = 0
+            state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state.model.state_dict().items()})
+        else:
+            state.bad_epochs += 1
+            if state.bad_epochs >= self.patience:
+                state.stop_training = True
+                if state.log:
+                    state.log.info("fold %s: early stop after epoch %d (best epoch %d, val loss %.5g)", state.fold, state.epoch, state.best_epoch, state.best_val_loss)
+
+
+class Checkpointer:
+    """``checkpoint-<epoch>/`` after every epoch: model, optimizer, RNG and loop state, for ``resume``."""
+
+    keep = 2
+
+    @hookimpl(trylast=True)
+    def on_epoch_end(self, state: TrainState) -> None:
+        d = state.folddir / f"checkpoint-{state.epoch}"
+        d.mkdir(parents=True, exist_ok=True)
+        save_torch(d / "model.pt", {k: v.detach().cpu() for k, v in state.model.state_dict().items()})
+        save_torch(d / "optimizer.pt", state.optimizer.state_dict())
+        save_torch(d / "best.pt", state.best_state or {})
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_torch(d / "rng.pt", rng)
+        # written last: a checkpoint without state.json is incomplete and ignored on resume
+        write_json(
+            d / "state.json",
+            {
+                "epoch": state.epoch,
+                "step": state.step,
+                "best_val_loss": state.best_val_loss,
+                "best_epoch": state.best_epoch,
+                "bad_epochs": state.bad_epochs,
+                "stop_training": state.stop_training,
+                "history": state.history,
+                "scheduler": None,
+            },
+        )
+        old = sorted(completed_checkpoints(state.folddir))[: -self.keep]
+        for _, p in old:
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class EpochLog:
+    @hookimpl
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.log:
+            m = state.metrics
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in ("train_loss", "val_loss") and isinstance(v, float))
+            state.log.info("fold %s epoch %d/%d: train loss %.5g  val loss %.5g  %s", state.fold, state.epoch + 1, state.nepochs, m.get("train_loss", float("nan")), m.get("val_loss", float("nan")), extra)
+
+
+def completed_checkpoints(folddir: Path) -> list[tuple[int, Path]]:
+    out = []
+    for p in folddir.glob("checkpoint-*"):
+        if (p / "state.json").exists():
+            try:
+                out.append((int(p.name.split("-", 1)[1]), p))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def restore_checkpoint(state: TrainState, path: Path) -> None:
+    s = read_json(path / "state.json")
+    state.model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    best = torch.load(path / "best.pt", map_location="cpu", weights_only=True)
+    state.best_state = best or None
+    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state.epoch = s["epoch"] + 1
+    state.step = s["step"]
+    state.best_val_loss = s["best_val_loss"]
+    state.best_epoch = s["best_epoch"]
+    state.bad_epochs = s["bad_epochs"]
+    state.stop_training = s["stop_training"]
+    state.history = s["history"]
+
+
+@dataclass
+class Task:
+    """How outputs become a loss: regression (weighted MSE on scaled labels) or classification."""
+
+    kind: str
+    n_outputs: int
+    class_weights: torch.Tensor | None = None
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        out = out.float()
+        if self.kind == "regression":
+            per = ((out.view(len(y), -1) - y.view(-1, 1)) ** 2).mean(1)
+            return (per * w).sum() / w.sum().clamp_min(1e-12)
+        cw = self.class_weights.to(out.device) if self.class_weights is not None else None
+        per = torch.nn.functional.cross_entropy(out, y.long(), weight=cw, reduction="none")
+        denom = (cw[y.long()] * w).sum() if cw is not None else w.sum()
+        return (per * w).sum() / denom.clamp_min(1e-12)
+
+
+class Batches:
+    """Store batches -> model input dicts on the device (targets and weights alongside)."""
+
+    def __init__(self, make_loader: Callable[..., Any], make_input: Callable[[dict], dict], device: torch.device, y: np.ndarray | None, w: np.ndarray | None):
+        self.make_loader = make_loader
+        self.make_input = make_input
+        self.device = device
+        self.y = None if y is None else torch.as_tensor(y)
+        self.w = None if w is None else torch.as_tensor(w, dtype=torch.float32)
+
+    def __call__(self, indices: np.ndarray, shuffle: bool, seed: int = 0):
+        for batch in self.make_loader(indices, shuffle, seed):
+            idx = batch["index"]
+            dev = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            inp = self.make_input(dev)
+            y = self.y[idx].to(self.device) if self.y is not None else None
+            w = self.w[idx].to(self.device) if self.w is not None else torch.ones(len(idx), device=self.device)
+            yield idx, inp, y, w
+
+
+def evaluate(model: torch.nn.Module, batches: Batches, indices: np.ndarray, task: Task | None, device: torch.device, precision: str) -> tuple[np.ndarray, float]:
+    """Outputs (N, n_outputs) in the order of ``indices`` and the mean loss (NaN without labels)."""
+    model.eval()
+    pos = {int(i): k for k, i in enumerate(indices)}
+    out = None
+    total, weight = 0.0, 0.0
+    with torch.no_grad(), autocast(device, precision):
+        for idx, inp, y, w in batches(indices, shuffle=False):
+            o = model(inp).float()
+            if out is None:
+                out = np.zeros((len(indices), o.shape[-1]), dtype=np.float32)
+            rows = [pos[int(i)] for i in idx]
+            out[rows] = o.cpu().numpy().reshape(len(idx), -1)
+            if task is not None and y is not None:
+                total += float(task.loss(o, y, w)) * float(w.sum())
+                weight += float(w.sum())
+    if out is None:
+        out = np.zeros((0, task.n_outputs if task else 1), dtype=np.float32)
+    return out, (total / weight if weight else float("nan"))
+
+
+def train(
+    *,
+    pm: Any,
+    plugin: str,
+    fold: str,
+    folddir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    batches: Batches,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    nepochs: int,
+    patience: int,
+    gradacc: int,
+    clipnorm: float | None,
+    seed: int,
+    device: torch.device,
+    precision: str,
+    resume: bool,
+    log: Any,
+    val_metrics: Callable[[np.ndarray], dict] | None = None,
+    progress: Any = None,
+) -> TrainState:
+    """Train one fold; returns the state with the best weights restored into ``model``."""
+    state = TrainState(plugin, fold, folddir, model, optimizer, nepochs, log=log)
+    if resume:
+        done = completed_checkpoints(folddir)
+        if done:
+            restore_checkpoint(state, done[-1][1])
+            log.info("fold %s: resumed from %s (epoch %d done)", fold, done[-1][1].name, done[-1][0] + 1)
+        else:
+            log.info("fold %s: resume asked, but no checkpoint in %s: starting fresh", fold, folddir)
+    internal = [EarlyStopping(patience), Checkpointer(), EpochLog()]
+    for obj in internal:
+        pm.register(obj)
+    try:
+        if state.epoch == 0 or not state.history:
+            pm.hook.on_train_begin(state=state)
+        penalty = getattr(model, "penalty", None)
+        while state.epoch < nepochs and not state.stop_training:
+            t0 = time.perf_counter()
+            model.train()
+            pm.hook.on_epoch_begin(state=state)
+            total, n_seen = 0.0, 0
+            optimizer.zero_grad(set_to_none=True)
+            # the shuffle depends only on (seed, fold, epoch): a resumed run sees the same order
+            epoch_seed = int(np.random.SeedSequence([seed, int(fold) if fold.isdigit() else 0, state.epoch]).generate_state(1)[0])
+            n_batches = 0
+            task_id = progress.add_task(f"fold {fold} epoch {state.epoch + 1}", total=len(train_idx)) if progress else None
+            for k, (idx, inp, y, w) in enumerate(batches(train_idx, shuffle=True, seed=epoch_seed)):
+                state.batch = inp
+                pm.hook.on_batch_begin(state=state)
+                with autocast(device, precision):
+                    out = model(inp)
+                    loss = task.loss(out, y, w)
+                    if penalty is not None:
+                        loss = loss + penalty()
+                (loss / gradacc).backward()
+                pm.hook.on_after_backward(state=state)
+                n_batches += 1
+                if n_batches % gradacc == 0:
+                    _step(model, optimizer, clipnorm)
+                    state.step += 1
+                state.loss = float(loss.detach())
+                total += state.loss * len(idx)
+                n_seen += len(idx)
+                pm.hook.on_batch_end(state=state)
+                if progress is not None:
+                    progress.update(task_id, advance=len(idx), description=f"fold {fold} epoch {state.epoch + 1} loss {state.loss:.4g}")
+            if n_batches % gradacc:
+                _step(model, optimizer, clipnorm)
+                state.step += 1
+            if progress is not None:
+                progress.remove_task(task_id)
+            out, val_loss = evaluate(model, batches, val_idx, task, device, precision)
+            state.metrics = {"train_loss": total / max(n_seen, 1), "val_loss": val_loss}
+            if val_metrics is not None:
+                state.metrics.update({f"val_{k}": v for k, v in val_metrics(out).items() if isinstance(v, float)})
+            state.metrics["seconds"] = time.perf_counter() - t0
+            state.history.append({"epoch": state.epoch, **state.metrics})
+            pm.hook.on_epoch_end(state=state)
+            state.epoch += 1
+        if state.best_state is not None:
+            model.load_state_dict(state.best_state)
+        pm.hook.on_train_end(state=state)
+    finally:
+        for obj in internal:
+            pm.unregister(obj)
+    return state
+
+
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clipnorm: float | None) -> None:
+    if clipnorm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clipnorm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def make_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    betas = (training.beta1, training.beta2)
+    if training.optimizer == "adam":
+        return torch.optim.Adam(params, lr=training.lr, betas=betas, weight_decay=training.weightdecay)
+    return torch.optim.AdamW(params, lr=training.lr, betas=betas, weight_decay=training.weightdecay)

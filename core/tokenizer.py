@@ -1,0 +1,488 @@
+"""The atomic tokenizer: one one-hot channel per distinct token, then modifier channels.
+
+Channel layout (``reference/002_*.txt``): for a vocabulary of V tokens and m modifier channels a
+sequence of L tokens becomes an (L, V + m) matrix; row i has a 1 in the channel of token i and
+the token's modifiers (``a#2.5#0.2`` -> 2.5, 0.2) in channels V..V+m-1, 0 where a token has fewer
+than m. Unknown tokens (seen at predict time, not at fitting) get id -1, i.e. an all-zero
+vocabulary part; they are counted in ``AtomicTokenizer.unknown_counts`` for the caller to report.
+
+Also here: :func:`window` / :func:`find_center`, which choose the ``blocksize`` tokens kept of an
+over-long sequence (``lefttailing``, ``centertoken``), and :func:`encode_records`, the glue from
+parsed records to the store's :class:`~biolm.core.store.EncodedRecord`.
+
+torch is imported only inside :func:`onehot`, so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import BiolmError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .datasource import Record
+    from .store import EncodedRecord
+
+__all__ = ["AtomicTokenizer", "onehot", "window", "find_center", "encode_records", "TOKENIZER_FORMAT"]
+
+TOKENIZER_FORMAT = 1
+
+
+class _Index(dict):
+    """token -> id; a miss returns -1 and is counted, so ``map(index.__getitem__, ...)`` stays
+    a C loop on the common (known-token) path."""
+
+    __slots__ = ("unknown",)
+
+    def __missing__(self, token):
+        self.unknown[token] += 1
+        return -1
+
+
+class AtomicTokenizer:
+    """One-hot vocabulary of distinct tokens plus ``n_modifiers`` float channels.
+
+    Parameters
+    ----------
+    vocab : the tokens, in channel order. :meth:`fit` sorts them; an explicit order is kept.
+    n_modifiers : number of modifier channels (the most modifiers on any token when fitted).
+    tokensep, specifiersep : parsing options of the fitting source, recorded for reference.
+
+    Attributes
+    ----------
+    vocab : list[str]
+    n_modifiers : int
+    n_channels : int, ``len(vocab) + n_modifiers``
+    unknown_counts : Counter, unknown token -> occurrences over all :meth:`encode` calls.
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        n_modifiers: int = 0,
+        *,
+        tokensep: str | None = None,
+        specifiersep: str | None = None,
+    ):
+        vocab = list(vocab)
+        if not vocab:
+            raise BiolmError("tokenizer: empty vocabulary (no tokens in the data)")
+        if any(not isinstance(t, str) or not t for t in vocab):
+            raise BiolmError("tokenizer: vocabulary entries must be non-empty strings")
+        if len(set(vocab)) != len(vocab):
+            dup = [t for t, c in Counter(vocab).items() if c > 1]
+            raise BiolmError(f"tokenizer: duplicate vocabulary entries {dup[:5]}")
+        if isinstance(n_modifiers, bool) or not isinstance(n_modifiers, int) or n_modifiers < 0:
+            raise BiolmError(f"tokenizer: n_modifiers must be an integer >= 0, got {n_modifiers!r}")
+        self.vocab = vocab
+        self.n_modifiers = n_modifiers
+        self.options = {"tokensep": tokensep or None, "specifiersep": specifiersep or None}
+        self.unknown_counts: Counter = Counter()
+        self._index = _Index((t, i) for i, t in enumerate(vocab))
+        self._index.unknown = self.unknown_counts
+        # Single-character tokens are encoded by table lookup on code points: ASCII through a
+        # 256-entry table, the rest through a sorted code-point array.
+        self._lut8 = np.full(256, -1, dtype=np.int32)
+        cps, cp_ids = [], []
+        for i, t in enumerate(vocab):
+            if len(t) == 1:
+                if ord(t) < 128:
+                    self._lut8[ord(t)] = i
+                cps.append(ord(t))
+                cp_ids.append(i)
+        order = np.argsort(np.asarray(cps, dtype=np.int64), kind="stable")
+        self._cps = np.asarray(cps, dtype=np.uint32)[order]
+        self._cp_ids = np.asarray(cp_ids, dtype=np.int32)[order]
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.vocab) + self.n_modifiers
+
+    @property
+    def channels(self) -> list[str]:
+        """Channel names: the tokens, then ``mod0``, ``mod1``, ..."""
+        return self.vocab + [f"mod{k}" for k in range(self.n_modifiers)]
+
+    def __repr__(self) -> str:
+        return f"AtomicTokenizer(vocab={self.vocab!r}, n_modifiers={self.n_modifiers})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, AtomicTokenizer) and self.to_json() == other.to_json()
+
+    # -- fitting -----------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        records: Iterable[Record],
+        samplesize: int | None = None,
+        seed: int = 0,
+        *,
+        tokensep: str | None = None,
+        specifiersep: str | None = None,
+    ) -> AtomicTokenizer:
+        """Learn the vocabulary (sorted distinct tokens) and the modifier count.
+
+        Parameters
+        ----------
+        records : parsed records, streamed once.
+        samplesize : fit on a uniform random subsample of this many records (reservoir sampling,
+            so the input is still streamed once); ``None`` = all records.
+        seed : seed of the subsample.
+        tokensep, specifiersep : recorded in the tokenizer's options.
+
+        Returns
+        -------
+        AtomicTokenizer
+        """
+        vocab: set[str] = set()
+        n_mod = 0
+        if samplesize is None:
+            for rec in records:
+                vocab.update(rec.tokens)
+                if rec.modifiers is not None:
+                    n_mod = max(n_mod, _max_modifiers(rec.modifiers))
+        else:
+            if isinstance(samplesize, bool) or not isinstance(samplesize, int) or samplesize < 1:
+                raise BiolmError(f"samplesize must be an integer >= 1, got {samplesize!r}")
+            # Algorithm R over per-record summaries (distinct tokens, modifier count): the
+            # reservoir holds samplesize small sets, never whole sequences.
+            rng = random.Random(seed)
+            reservoir: list[tuple[frozenset, int]] = []
+            for i, rec in enumerate(records):
+                if i < samplesize:
+                    slot = i
+                    reservoir.append(None)  # type: ignore[arg-type]
+                else:
+                    slot = rng.randrange(i + 1)
+                    if slot >= samplesize:
+                        continue
+                mods = 0 if rec.modifiers is None else _max_modifiers(rec.modifiers)
+                reservoir[slot] = (frozenset(rec.tokens), mods)
+            for toks, mods in reservoir:
+                vocab.update(toks)
+                n_mod = max(n_mod, mods)
+        if not vocab:
+            raise BiolmError("tokenizer: no records to learn the vocabulary from")
+        return cls(sorted(vocab), n_mod, tokensep=tokensep, specifiersep=specifiersep)
+
+    # -- encoding ----------------------------------------------------------------------------
+
+    def encode_ids(self, tokens: Sequence[str]) -> np.ndarray:
+        """Token ids of ``tokens`` (a ``str`` = one token per character, or a list).
+
+        Returns
+        -------
+        np.ndarray, int32, shape (n,); -1 for unknown tokens (counted in ``unknown_counts``).
+        """
+        if isinstance(tokens, str):
+            codes = self._codes(tokens)
+            ids = self._single_ids(codes)
+            if len(ids) and ids.min() < 0:
+                self._count_unknown_codes(codes[ids < 0])
+            return ids
+        n = len(tokens)
+        if n == 0:
+            return np.zeros(0, dtype=np.int32)
+        # Vectorised: join with NUL, look up every token's first character in a table, then
+        # fix up the few multi-character tokens (gej, AEJ) by dict lookup. Roughly 3x faster
+        # than one dict lookup per token, which is the fallback for unusual input.
+        joined = "\x00".join(tokens)
+        codes = self._codes(joined)
+        seps = np.flatnonzero(codes == 0)
+        if len(seps) != n - 1:  # a token contains NUL itself
+            return self._encode_ids_slow(tokens)
+        starts = np.empty(n, dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = seps + 1
+        lens = np.empty(n, dtype=np.int64)
+        lens[:-1] = seps - starts[:-1]
+        lens[-1] = len(codes) - starts[-1]
+        if not lens.all():  # empty tokens
+            return self._encode_ids_slow(tokens)
+        first = codes[starts]
+        ids = self._single_ids(first)
+        multi = np.flatnonzero(lens != 1)
+        if len(multi):
+            index = self._index
+            for j in multi.tolist():
+                ids[j] = index[tokens[j]]
+        miss = ids < 0
+        if miss.any():
+            miss[multi] = False  # multi-character unknowns were counted by _Index
+            self._count_unknown_codes(first[miss])
+        return ids
+
+    def _encode_ids_slow(self, tokens: Sequence[str]) -> np.ndarray:
+        return np.fromiter(map(self._index.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+
+    @staticmethod
+    def _codes(s: str) -> np.ndarray:
+        if s.isascii():
+            return np.frombuffer(s.encode("ascii"), dtype=np.uint8)
+        return np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
+
+    def _single_ids(self, codes: np.ndarray) -> np.ndarray:
+        """Ids of the one-character tokens with these code points (-1 where none)."""
+        if codes.dtype == np.uint8:
+            return self._lut8[codes]
+        ids = np.full(len(codes), -1, dtype=np.int32)
+        if len(self._cps):
+            pos = np.minimum(np.searchsorted(self._cps, codes), len(self._cps) - 1)
+            hit = self._cps[pos] == codes
+            ids[hit] = self._cp_ids[pos[hit]]
+        return ids
+
+    def _count_unknown_codes(self, codes: np.ndarray) -> None:
+        miss, counts = np.unique(codes, return_counts=True)
+        for c, k in zip(miss.tolist(), counts.tolist()):
+            self.unknown_counts[chr(c)] += k
+
+    def encode_modifiers(self, modifiers: Sequence[Sequence[float]] | None, n: int, where: str = "") -> np.ndarray:
+        """Dense modifier matrix; tokens with fewer than ``n_modifiers`` values are 0-filled.
+
+        Returns
+        -------
+        np.ndarray, float32, shape (n, n_modifiers).
+
+        Raises
+        ------
+        BiolmError
+            A token carries more modifiers than the tokenizer has channels.
+        """
+        m = self.n_modifiers
+        out = np.zeros((n, m), dtype=np.float32)
+        if modifiers is None:
+            return out
+        if len(modifiers) != n:
+            raise ValueError(f"{len(modifiers)} modifier entries for {n} tokens")
+        for i, vals in enumerate(modifiers):
+            if vals:
+                k = len(vals)
+                if k > m:
+                    raise BiolmError(
+                        f"{where}token at position {i + 1} has {k} modifiers, but the tokenizer was "
+                        f"fitted with {m} modifier channel(s); refit the tokenizer on data like this"
+                    )
+                out[i, :k] = vals
+        return out
+
+    def encode(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
+        """Encode one record.
+
+        Returns
+        -------
+        ids : np.ndarray, int32, shape (n,); -1 for unknown tokens.
+        mods : np.ndarray, float32, shape (n, n_modifiers).
+        """
+        ids = self.encode_ids(record.tokens)
+        where = f"record {record.id!r} (line {record.line}): "
+        return ids, self.encode_modifiers(record.modifiers, len(ids), where)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """JSON-able dict: vocabulary, channel layout, modifier count and options."""
+        return {
+            "format": "biolm-tokenizer",
+            "version": TOKENIZER_FORMAT,
+            "encoding": "atomic",
+            "vocab": list(self.vocab),
+            "n_modifiers": self.n_modifiers,
+            "channels": self.channels,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "tokenizer.json") -> AtomicTokenizer:
+        """Inverse of :meth:`to_json`; checks the encoding and the channel layout."""
+        if not isinstance(d, dict) or d.get("encoding") != "atomic":
+            got = d.get("encoding") if isinstance(d, dict) else type(d).__name__
+            raise BiolmError(f"{source}: not an atomic tokenizer (encoding {got!r})")
+        try:
+            opts = d.get("options") or {}
+            tok = cls(d["vocab"], d["n_modifiers"], tokensep=opts.get("tokensep"), specifiersep=opts.get("specifiersep"))
+        except KeyError as e:
+            raise BiolmError(f"{source}: missing key {e.args[0]!r}") from None
+        if "channels" in d and d["channels"] != tok.channels:
+            raise BiolmError(f"{source}: channel layout does not match vocabulary and n_modifiers")
+        return tok
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def sha(self) -> str:
+        """sha256 (hex) of the canonical JSON: identifies the encoding for store reuse."""
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON atomically (temporary file, then rename)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.to_json(), f, indent=2, ensure_ascii=False)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AtomicTokenizer:
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise BiolmError(f"{path}: no such tokenizer file (run the tokenize mode first?)") from None
+        except json.JSONDecodeError as e:
+            raise BiolmError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_json(d, source=path)
+
+
+def _max_modifiers(modifiers: Sequence[Sequence[float]]) -> int:
+    # A numeric max over counts: the reference took a lexicographic max of strings.
+    return max(map(len, modifiers), default=0)
+
+
+def onehot(ids, mods, n_vocab: int) -> torch.Tensor:
+    """One-hot vocabulary channels followed by modifier channels, on the ids' device.
+
+    Parameters
+    ----------
+    ids : integer tensor or array, shape (B, L) (any leading shape works); -1 = unknown or
+        padding -> all-zero vocabulary part.
+    mods : float tensor or array, shape (B, L, m), or ``None`` for m = 0.
+    n_vocab : V, the vocabulary size.
+
+    Returns
+    -------
+    torch.Tensor, float32, shape (B, L, V + m).
+    """
+    import torch
+
+    ids = torch.as_tensor(ids)
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
+    ids = ids.long()
+    if ids.numel() and int(ids.max()) >= n_vocab:
+        raise ValueError(f"token id {int(ids.max())} out of range for a vocabulary of {n_vocab}")
+    if ids.numel() and int(ids.min()) < -1:
+        raise ValueError(f"token id {int(ids.min())} < -1")
+    if mods is None:
+        mods = torch.zeros(*ids.shape, 0, device=ids.device)
+    mods = torch.as_tensor(mods, dtype=torch.float32, device=ids.device)
+    if mods.shape[:-1] != ids.shape:
+        raise ValueError(f"mods shape {tuple(mods.shape)} does not match ids shape {tuple(ids.shape)} + (m,)")
+    out = torch.zeros(*ids.shape, n_vocab + mods.shape[-1], dtype=torch.float32, device=ids.device)
+    known = ids >= 0
+    # Unknown/padding rows scatter a 0 into channel 0, leaving the vocabulary part all-zero.
+    out[..., :n_vocab].scatter_(-1, ids.clamp(min=0).unsqueeze(-1), known.unsqueeze(-1).to(torch.float32))
+    out[..., n_vocab:] = mods
+    return out
+
+
+def window(n_tokens: int, blocksize: int | None, lefttailing: bool = True, center: int | None = None) -> tuple[int, int]:
+    """Half-open range ``[start, end)`` of the tokens kept of an ``n_tokens`` sequence.
+
+    Parameters
+    ----------
+    n_tokens : sequence length.
+    blocksize : the most tokens kept; ``None`` = keep everything.
+    lefttailing : without ``center``: ``True`` keeps the right end (cuts from the left),
+        ``False`` keeps the left end.
+    center : index of the centre token, or ``None``. The window puts ``(blocksize - 1) // 2``
+        tokens left of it and the rest right of it (for an even blocksize the right side gets
+        the extra token). Where a side reaches the sequence end, its unused room goes to the
+        left first, then to the right (``reference/002_*.txt``): the window is always
+        ``min(n_tokens, blocksize)`` long and always contains the centre token.
+
+    Returns
+    -------
+    (start, end) : ints, ``0 <= start <= end <= n_tokens``.
+    """
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    if blocksize is None or n_tokens <= blocksize:
+        return 0, n_tokens
+    if blocksize < 1:
+        raise ValueError(f"blocksize must be >= 1, got {blocksize}")
+    if center is None:
+        return (n_tokens - blocksize, n_tokens) if lefttailing else (0, blocksize)
+    if not 0 <= center < n_tokens:
+        raise ValueError(f"center {center} outside a sequence of {n_tokens} tokens")
+    want_left = (blocksize - 1) // 2
+    want_right = blocksize - 1 - want_left
+    left = min(want_left, center)
+    right = min(want_right, n_tokens - 1 - center)
+    spare = blocksize - 1 - left - right
+    extra = min(spare, center - left)
+    left += extra
+    right += spare - extra  # fits: n_tokens > blocksize
+    return center - left, center + right + 1
+
+
+def find_center(tokens: Sequence[str], centertoken: str, specifiersep: str | None = None) -> int | None:
+    """Index of the first token whose base letter is ``centertoken``, or ``None``.
+
+    The base letter is the token's first character after removing any specifier
+    (``a#2.5`` -> ``a``); matching is case-sensitive. A multi-character ``centertoken``
+    (``gej``) is compared with the whole base token instead.
+    """
+    if not centertoken:
+        raise ValueError("centertoken must be a non-empty string")
+    if isinstance(tokens, str):
+        i = tokens.find(centertoken) if len(centertoken) == 1 else -1
+        return None if i < 0 else i
+    if specifiersep is None and len(centertoken) == 1:
+        s = "".join(tokens)
+        if len(s) == len(tokens):  # all single characters: str.find does the scan in C
+            i = s.find(centertoken)
+            return None if i < 0 else i
+    for i, tok in enumerate(tokens):
+        if specifiersep is not None:
+            tok = tok.split(specifiersep, 1)[0]
+        if (tok[:1] if len(centertoken) == 1 else tok) == centertoken:
+            return i
+    return None
+
+
+def encode_records(
+    records: Iterable[Record],
+    tokenizer: AtomicTokenizer,
+    blocksize: int | None = None,
+    lefttailing: bool = True,
+    centertoken: str | None = None,
+) -> Iterator[EncodedRecord]:
+    """Encode and window records for :func:`~biolm.core.store.build_store`.
+
+    Records whose ``centertoken`` is absent fall back to ``lefttailing``. Unknown tokens are
+    counted in ``tokenizer.unknown_counts``.
+
+    Yields
+    ------
+    EncodedRecord, with ``start`` / ``orig_len`` locating the kept window in the original.
+    """
+    from .store import EncodedRecord
+
+    for rec in records:
+        ids, mods = tokenizer.encode(rec)
+        n = len(ids)
+        center = None
+        if centertoken and blocksize is not None and n > blocksize:
+            center = find_center(rec.tokens, centertoken)
+        start, end = window(n, blocksize, lefttailing, center)
+        if end - start != n:
+            ids, mods = ids[start:end], mods[start:end]
+        yield EncodedRecord(rec.id, ids, mods, rec.label, rec.weight, rec.split, start, n)
