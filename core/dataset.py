@@ -22,7 +22,7 @@ def open_source_store(run: Any, tokenizer: Any, source: Any, label_kind: str | N
     n_mod = getattr(tokenizer, "n_modifiers", 0)
 
     def build(p):
-        build_store(p, records, {"source": str(source.filepath), "hash": digest, "options": options}, n_mod)
+        build_store(p, records, {"source": str(source.filepath), "source_hash": digest, "options": options}, n_mod)
 
     return open_or_build(path, digest, build, log=run.log.info)
 
