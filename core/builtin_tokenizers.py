@@ -80,7 +80,8 @@ def _encode(tok: Any, source: Any, cfg: Any, log: Any, label_kind: str | None):
 def _make_input(tok: Any, batch: dict, cfg: Any) -> dict:
     from .tokenizer import onehot
 
-    x = onehot(batch["ids"], batch["mods"], len(tok.vocab))
+    ids = batch["ids"].clamp(min=-1)  # -2 (masked, from interpret) is all-zero like -1
+    x = onehot(ids, batch["mods"], len(tok.vocab))
     return {"x": x, "lengths": batch["lengths"]}
 
 
