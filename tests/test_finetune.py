@@ -1,0 +1,183 @@
+"""The engine end to end through ``biolm.core.runner.run`` with a small real model (lcl)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from biolm.core.errors import BiolmError, ConfigError, DataError
+from biolm.core.runner import run
+
+from conftest import write_config
+
+
+def _run(mode, cfg, task="regression", **cli):
+    return run("lcl", mode, task=task if mode != "tokenize" else None, configfile=cfg, cli_values=cli, quiet=True)
+
+
+def _read_csv(p):
+    with open(p) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_regression_random_split_outputs(tmp_path, rna_file):
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out")
+    r = _run("fine-tune", cfg)
+    fold = r.modedir / "0"
+    for name in ("config.json", "pytorch_model.bin", "tokenizer.json", "scaler.json", "trainer_state.json", "train_results.json", "eval_results.json", "test_results.json", "all_results.json", "test_predictions.csv", "rank_deltas.csv", "learning_curves.png", "test_scatter.png"):
+        assert (fold / name).exists(), name
+    assert (r.modedir / "cv_results.json").exists() and (r.modedir / "dataset.h5").exists()
+    preds = _read_csv(fold / "test_predictions.csv")
+    assert len(preds) == 14  # 15% of 90 (rounded), every test sample evaluated
+    rd = _read_csv(fold / "rank_deltas.csv")
+    by_id = {p["sequence"]: p for p in preds}
+    labels = np.array([float(x["label"]) for x in rd])
+    for row in rd:  # each row is one sequence: its own label and prediction
+        assert float(row["label"]) == pytest.approx(float(by_id[row["sequence"]]["label"]), rel=1e-5)
+        assert float(row["prediction"]) == pytest.approx(float(by_id[row["sequence"]]["prediction"]), rel=1e-5)
+        assert float(row["label_rank"]) == pytest.approx(1 + np.sum(labels < float(row["label"])) + (np.sum(labels == float(row["label"])) - 1) / 2)
+    state = json.loads((fold / "trainer_state.json").read_text())
+    assert len(state["history"]) == 2
+
+
+def test_same_seed_same_results(tmp_path, rna_file):
+    a = write_config(tmp_path / "a.yaml", rna_file, tmp_path / "a")
+    b = write_config(tmp_path / "b.yaml", rna_file, tmp_path / "b")
+    _run("fine-tune", a)
+    _run("fine-tune", b)
+    wa = torch.load(tmp_path / "a/fine-tune/0/pytorch_model.bin", weights_only=True)
+    wb = torch.load(tmp_path / "b/fine-tune/0/pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_scaler_fitted_on_training_split_only(tmp_path, rna_file):
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", settings={"training": {"batchsize": 16, "blocksize": 64, "nepochs": 1, "scaling": "minmax"}})
+    r = _run("fine-tune", cfg)
+    sj = json.loads((r.modedir / "0/scaler.json").read_text())
+    from biolm.core.splits import make_folds
+
+    labels = np.array([float(line.split("\t")[2]) for line in rna_file.read_text().splitlines()])
+    (fold,) = make_folds(len(labels), splitratio=(70, 15, 15), seed=1)
+    assert sj["scaling"]["params"]["min"] == pytest.approx(labels[fold.train].min())
+    assert sj["scaling"]["params"]["max"] == pytest.approx(labels[fold.train].max())
+    assert labels.max() != labels[fold.train].max() or labels.min() != labels[fold.train].min()
+
+
+@pytest.mark.parametrize(
+    "src, n_folds",
+    [
+        ({"splitpos": 2, "devsplits": [2], "testsplits": [3]}, 1),
+        ({"crossvalidation": 3, "splitratio": "70,15,15"}, 3),
+        ({"crossvalidation": 3, "cvscheme": "kfold", "splitratio": "80,20"}, 3),
+        ({"crossvalidation": True, "splitpos": 2, "devsplits": [[1], [2]], "testsplits": [[3], [4]]}, 2),
+    ],
+)
+def test_split_scenarios_and_cv_results(tmp_path, rna_file, src, n_folds):
+    fsrc = {"filepath": str(rna_file), "columnsep": "\t", "tokensep": ",", "idpos": 1, "seqpos": 6, "labelpos": 3, "splitratio": "70,15,15", **src}
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", fine_tuning_data_source=fsrc, settings={"training": {"batchsize": 32, "blocksize": 64, "nepochs": 1}})
+    r = _run("fine-tune", cfg)
+    cv = json.loads((r.modedir / "cv_results.json").read_text())
+    assert len(cv["folds"]) == n_folds
+    assert set(cv["metrics"]["spearman"]) >= {"mean", "sd", "folds"} and len(cv["metrics"]["spearman"]["folds"]) == n_folds
+    for f in cv["folds"]:
+        assert (r.modedir / f / "pytorch_model.bin").exists()
+    if src.get("splitpos"):
+        ids_by_split = {}
+        for line in rna_file.read_text().splitlines():
+            c = line.split("\t")
+            ids_by_split.setdefault(c[1], set()).add(c[0])
+        preds = {p["sequence"] for p in _read_csv(r.modedir / "0/test_predictions.csv")}
+        assert preds == ids_by_split["3"]
+
+
+def test_classification_and_predict_on_cv_parent(tmp_path, rna_file):
+    fsrc = {"filepath": str(rna_file), "columnsep": "\t", "tokensep": ",", "idpos": 1, "seqpos": 6, "labelpos": 4, "crossvalidation": 2, "splitratio": "70,30"}
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", fine_tuning_data_source=fsrc, inference_data_source={"labelpos": 4}, inference_model={"pretrainedmodel": str(tmp_path / "out/fine-tune"), "ensembleweighting": "loss"})
+    r = _run("fine-tune", cfg, task="classification")
+    assert (r.modedir / "0/eval_confusion_matrix.png").exists()
+    res = json.loads((r.modedir / "0/eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_balanced_accuracy", "eval_f1_macro", "eval_auroc", "eval_confusion_matrix"} <= set(res)
+    p = _run("predict", cfg, task="classification")
+    rows = _read_csv(p.modedir / "test_predictions.csv")
+    assert len(rows) == 90
+    assert {"prob_stable", "prob_unstable", "fold_0_prob_stable", "fold_1_prob_stable"} <= set(rows[0])
+    val_loss = [json.loads((r.modedir / f / "config.json").read_text())["best_val_loss"] for f in ("0", "1")]
+    w = np.array([1 / v for v in val_loss])
+    w /= w.sum()
+    for row in rows[:5]:
+        expect = w[0] * float(row["fold_0_prob_stable"]) + w[1] * float(row["fold_1_prob_stable"])
+        assert float(row["prob_stable"]) == pytest.approx(expect, abs=2e-6)
+    assert (p.modedir / "test_results.json").exists()
+
+
+def test_predict_without_labels_and_fold_folder(tmp_path, rna_file):
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", inference_data_source={"labelpos": None}, inference_model={"pretrainedmodel": str(tmp_path / "out/fine-tune/0")})
+    _run("fine-tune", cfg)
+    p = _run("predict", cfg)
+    rows = _read_csv(p.modedir / "test_predictions.csv")
+    assert len(rows) == 90 and rows[0]["label"] == "" and not (p.modedir / "rank_deltas.csv").exists()
+
+
+def test_weighted_regression_uses_quality_labels(tmp_path, rna_file):
+    fsrc = {"filepath": str(rna_file), "columnsep": "\t", "tokensep": ",", "idpos": 1, "seqpos": 6, "labelpos": 3, "weightpos": 5, "splitratio": "70,30"}
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", fine_tuning_data_source=fsrc, settings={"training": {"batchsize": 32, "blocksize": 64, "nepochs": 1, "qualityweights": {"STRONG": 1, "GOOD": 1, "WEAK": 1, "POOR": 0}}})
+    _run("fine-tune", cfg)
+    bad = write_config(tmp_path / "d.yaml", rna_file, tmp_path / "out2", fine_tuning_data_source=dict(fsrc), settings={"training": {"batchsize": 32, "blocksize": 64, "nepochs": 1, "qualityweights": {"STRONG": 1}}})
+    with pytest.raises(DataError, match="GOOD|WEAK|POOR"):
+        _run("fine-tune", bad)
+
+
+def test_log_scaling_rejects_non_positive_labels(tmp_path):
+    data = tmp_path / "neg.txt"
+    data.write_text("".join(f"s{i}\t1\t{(i % 5) - 1.0}\tx\tGOOD\t{','.join('acgt' * 5)}\n" for i in range(30)))
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "out", settings={"training": {"batchsize": 8, "blocksize": 32, "nepochs": 1, "scaling": "log"}})
+    with pytest.raises(DataError, match="log needs positive labels"):
+        _run("fine-tune", cfg)
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, rna_file):
+    """Kill mid-epoch (a training-event hook raises), resume: same final weights as a straight run."""
+    from biolm.core.hookspecs import hookimpl
+    from biolm.core.plugins import get_registry
+
+    settings = {"training": {"batchsize": 16, "blocksize": 64, "nepochs": 3, "patience": 10}}
+    a = write_config(tmp_path / "a.yaml", rna_file, tmp_path / "a", settings=settings)
+    _run("fine-tune", a)
+
+    class Killer:
+        @hookimpl
+        def on_batch_begin(self, state):
+            if state.epoch == 1 and state.step >= 5:
+                raise KeyboardInterrupt
+
+    pm = get_registry().pm
+    killer = Killer()
+    pm.register(killer)
+    b = write_config(tmp_path / "b.yaml", rna_file, tmp_path / "b", settings=settings)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run("fine-tune", b)
+    finally:
+        pm.unregister(killer)
+    assert not (tmp_path / "b/fine-tune/0/pytorch_model.bin").exists()
+    _run("fine-tune", b, **{"settings.training.resume": True})
+    wa = torch.load(tmp_path / "a/fine-tune/0/pytorch_model.bin", weights_only=True)
+    wb = torch.load(tmp_path / "b/fine-tune/0/pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_unseen_class_at_predict_is_an_error(tmp_path, rna_file):
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", fine_tuning_data_source={"labelpos": 4, "splitratio": "70,30"}, inference_data_source={"labelpos": 5}, inference_model={"pretrainedmodel": str(tmp_path / "out/fine-tune")})
+    _run("fine-tune", cfg, task="classification")
+    with pytest.raises(DataError, match="not seen in training"):
+        _run("predict", cfg, task="classification")
+
+
+def test_task_mismatch_and_missing_model(tmp_path, rna_file):
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", inference_model={"pretrainedmodel": str(tmp_path / "nowhere")})
+    with pytest.raises(BiolmError, match="does not exist"):
+        _run("predict", cfg)
+    with pytest.raises(ConfigError, match="labelpos"):
+        _run("fine-tune", write_config(tmp_path / "d.yaml", rna_file, tmp_path / "o2", fine_tuning_data_source={"labelpos": None}))
