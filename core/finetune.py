@@ -155,6 +155,8 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
         "versions": run.versions(),
     }
     save_fold(folddir, model, meta, run.outdir / "tokenizer.json", scaler, encoder)
+    if model_spec.export is not None:
+        model_spec.export(model, folddir)
     write_json(folddir / "trainer_state.json", {"history": history, "best_epoch": int(np.argmin([h["val_loss"] for h in history])) if history else None, "best_val_loss": meta["best_val_loss"], "epochs_run": len(history), "nepochs": tr.nepochs, "stopped_early": bool(history) and len(history) < tr.nepochs})
     write_json(folddir / "train_results.json", results["train"])
     write_json(folddir / "eval_results.json", results["eval"])

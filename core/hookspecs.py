@@ -78,14 +78,17 @@ class ModelSpec:
         ``pre-train`` (masked-LM and the like).
     fast_loo : optional fast leave-one-out routine (see ``biolm.core.interpret``); the core falls
         back to batched full forward passes when absent.
-    fit : optional ``fit(model, loader, info)`` for models that are fitted in one pass instead of
-        by gradient descent (e.g. incremental PCA + a closed-form head).
+    fit : optional ``fit(model, batches, train_idx, task, cfg)`` for models that are fitted in one
+        pass instead of by gradient descent (e.g. incremental PCA + a closed-form head).
+    export : optional ``export(model, folddir)`` writing plugin-specific artefacts next to a
+        trained fold (e.g. learned motifs).
     """
 
     build: Callable[..., Any]
     pretrain_loss: Callable[..., Any] | None = None
     fast_loo: Callable[..., Any] | None = None
     fit: Callable[..., Any] | None = None
+    export: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
