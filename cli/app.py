@@ -111,7 +111,7 @@ def _mode_command(plugin_name: str, mode: str):
         try:
             from biolm.core.runner import run
 
-            run(plugin_name, mode, task=task, configfile=configfile, cli_values=cli_values, quiet=_state["quiet"])
+            run(plugin_name, mode, task=task, configfile=configfile, cli_values=cli_values, quiet=_state["quiet"], debug=_state["debug"], argv=sys.argv[1:])
         except typer.Exit:
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure ends as one line + exit code

@@ -85,7 +85,9 @@ class EarlyStopping:
             state.best_val_loss = val
             state.best_epoch = state.epoch
             state.bad_epochs = 0
-            state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state.model.state_dict().items()})
+            from .distributed import unwrap
+
+            state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(state.model).state_dict().items()})
         else:
             state.bad_epochs += 1
             if state.bad_epochs >= self.patience:
@@ -101,9 +103,13 @@ class Checkpointer:
 
     @hookimpl(trylast=True)
     def on_epoch_end(self, state: TrainState) -> None:
+        from .distributed import is_main, unwrap
+
+        if not is_main():
+            return
         d = state.folddir / f"checkpoint-{state.epoch}"
         d.mkdir(parents=True, exist_ok=True)
-        save_torch(d / "model.pt", {k: v.detach().cpu() for k, v in state.model.state_dict().items()})
+        save_torch(d / "model.pt", {k: v.detach().cpu() for k, v in unwrap(state.model).state_dict().items()})
         save_torch(d / "optimizer.pt", state.optimizer.state_dict())
         save_torch(d / "best.pt", state.best_state or {})
         rng = {"torch": torch.get_rng_state()}
@@ -153,11 +159,13 @@ def completed_checkpoints(folddir: Path) -> list[tuple[int, Path]]:
 
 def restore_checkpoint(state: TrainState, path: Path) -> None:
     s = read_json(path / "state.json")
-    state.model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    from .distributed import unwrap
+
+    unwrap(state.model).load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     best = torch.load(path / "best.pt", map_location="cpu", weights_only=True)
     state.best_state = best or None
-    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -199,7 +207,13 @@ class Batches:
         self.y = None if y is None else torch.as_tensor(y)
         self.w = None if w is None else torch.as_tensor(w, dtype=torch.float32)
 
-    def __call__(self, indices: np.ndarray, shuffle: bool, seed: int = 0):
+    def __call__(self, indices: np.ndarray, shuffle: bool, seed: int = 0, shard: bool = False):
+        """Batches of ``indices``; ``shard``: only this process's share (distributed training)."""
+        from .distributed import is_distributed
+        from .distributed import shard as shard_of
+
+        if shard and is_distributed():
+            indices, shuffle = shard_of(indices, shuffle, seed), False
         for batch in self.make_loader(indices, shuffle, seed):
             idx = batch["index"]
             dev = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -210,7 +224,48 @@ class Batches:
 
 
 def evaluate(model: torch.nn.Module, batches: Batches, indices: np.ndarray, task: Task | None, device: torch.device, precision: str) -> tuple[np.ndarray, float]:
-    """Outputs (N, n_outputs) in the order of ``indices`` and the mean loss (NaN without labels)."""
+    """Outputs (N, n_outputs) in the order of ``indices`` and the mean loss (NaN without labels).
+
+    Distributed: each process evaluates its share; outputs and loss sums are gathered, so every
+    process returns the same full result."""
+    from .distributed import all_gather_objects, is_distributed, unwrap, world
+
+    model = unwrap(model)
+    if is_distributed():
+        rank, size = world()
+        mine = np.asarray(indices)[rank::size]
+        out, loss_sum, weight = _evaluate(model, batches, mine, task, device, precision)
+        parts = all_gather_objects((mine, out, loss_sum, weight))
+        full = np.zeros((len(indices), max(p[1].shape[1] for p in parts if p[1].ndim == 2)), dtype=np.float32)
+        pos = {int(i): k for k, i in enumerate(indices)}
+        for m, o, _, _ in parts:
+            if len(m):
+                full[[pos[int(i)] for i in m]] = o
+        total = sum(p[2] for p in parts)
+        w = sum(p[3] for p in parts)
+        return full, (total / w if w else float("nan"))
+    out, total, w = _evaluate(model, batches, indices, task, device, precision)
+    return out, (total / w if w else float("nan"))
+
+
+def evaluate_loss(model: torch.nn.Module, batches: Batches, indices: np.ndarray, loss_fn: Callable[..., torch.Tensor], device: torch.device, precision: str) -> float:
+    """Sample-weighted mean of ``loss_fn`` over ``indices`` (all processes agree)."""
+    from .distributed import all_gather_objects, is_distributed, unwrap, world
+
+    model = unwrap(model)
+    model.eval()
+    mine = np.asarray(indices)[world()[0] :: world()[1]] if is_distributed() else indices
+    total, n = 0.0, 0
+    with torch.no_grad(), autocast(device, precision):
+        for idx, inp, y, w in batches(mine, shuffle=False):
+            total += float(loss_fn(model, inp, y, w)) * len(idx)
+            n += len(idx)
+    parts = all_gather_objects((total, n))
+    t, m = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return t / m if m else float("nan")
+
+
+def _evaluate(model, batches, indices, task, device, precision):
     model.eval()
     pos = {int(i): k for k, i in enumerate(indices)}
     out = None
@@ -227,7 +282,7 @@ def evaluate(model: torch.nn.Module, batches: Batches, indices: np.ndarray, task
                 weight += float(w.sum())
     if out is None:
         out = np.zeros((0, task.n_outputs if task else 1), dtype=np.float32)
-    return out, (total / weight if weight else float("nan"))
+    return out, total, weight
 
 
 def train(
@@ -253,8 +308,14 @@ def train(
     log: Any,
     val_metrics: Callable[[np.ndarray], dict] | None = None,
     progress: Any = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
 ) -> TrainState:
-    """Train one fold; returns the state with the best weights restored into ``model``."""
+    """Train one fold; returns the state with the best weights restored into ``model``.
+
+    ``loss_fn(model, inp, y, w) -> loss`` replaces ``task.loss(model(inp), y, w)`` for objectives
+    that are not a function of the outputs alone (masked-LM pre-training); validation then
+    reports the mean of ``loss_fn`` and no outputs.
+    """
     state = TrainState(plugin, fold, folddir, model, optimizer, nepochs, log=log)
     if resume:
         done = completed_checkpoints(folddir)
@@ -269,7 +330,9 @@ def train(
     try:
         if state.epoch == 0 or not state.history:
             pm.hook.on_train_begin(state=state)
-        penalty = getattr(model, "penalty", None)
+        from .distributed import unwrap
+
+        penalty = getattr(unwrap(model), "penalty", None)
         while state.epoch < nepochs and not state.stop_training:
             t0 = time.perf_counter()
             model.train()
@@ -280,12 +343,11 @@ def train(
             epoch_seed = int(np.random.SeedSequence([seed, int(fold) if fold.isdigit() else 0, state.epoch]).generate_state(1)[0])
             n_batches = 0
             task_id = progress.add_task(f"fold {fold} epoch {state.epoch + 1}", total=len(train_idx)) if progress else None
-            for k, (idx, inp, y, w) in enumerate(batches(train_idx, shuffle=True, seed=epoch_seed)):
+            for k, (idx, inp, y, w) in enumerate(batches(train_idx, shuffle=True, seed=epoch_seed, shard=True)):
                 state.batch = inp
                 pm.hook.on_batch_begin(state=state)
                 with autocast(device, precision):
-                    out = model(inp)
-                    loss = task.loss(out, y, w)
+                    loss = loss_fn(model, inp, y, w) if loss_fn is not None else task.loss(model(inp), y, w)
                     if penalty is not None:
                         loss = loss + penalty()
                 (loss / gradacc).backward()
@@ -305,16 +367,19 @@ def train(
                 state.step += 1
             if progress is not None:
                 progress.remove_task(task_id)
-            out, val_loss = evaluate(model, batches, val_idx, task, device, precision)
+            if loss_fn is not None:
+                val_loss = evaluate_loss(model, batches, val_idx, loss_fn, device, precision)
+            else:
+                out, val_loss = evaluate(model, batches, val_idx, task, device, precision)
             state.metrics = {"train_loss": total / max(n_seen, 1), "val_loss": val_loss}
-            if val_metrics is not None:
+            if val_metrics is not None and loss_fn is None:
                 state.metrics.update({f"val_{k}": v for k, v in val_metrics(out).items() if isinstance(v, float)})
             state.metrics["seconds"] = time.perf_counter() - t0
             state.history.append({"epoch": state.epoch, **state.metrics})
             pm.hook.on_epoch_end(state=state)
             state.epoch += 1
         if state.best_state is not None:
-            model.load_state_dict(state.best_state)
+            unwrap(model).load_state_dict(state.best_state)
         pm.hook.on_train_end(state=state)
     finally:
         for obj in internal:

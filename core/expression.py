@@ -397,7 +397,9 @@ class H5adReader:
             np.add.at(out, (rows, cols), data)
         return out
 
-    def iter_chunks(self, chunk_size: int = 1024, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_chunks(
+        self, chunk_size: int = 1024, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Stream the matrix by rows.
 
         Parameters

@@ -16,6 +16,7 @@ from .dataset import load_or_fit_tokenizer, open_source_store
 from .errors import ConfigError, DataError
 from .outputs import write_json, write_text
 from .scaling import LabelEncoder, LabelScaler, parse_float_labels, parse_weights
+from .distributed import is_main
 from .splits import make_folds
 
 
@@ -28,8 +29,13 @@ def execute(run: Any) -> dict:
     if src.labelpos is None and not src.labelcolumn:
         raise ConfigError("fine-tuning data source.labelpos", "fine-tune needs labels: set the label column")
     check_blocksize(run)
-    tokenizer = load_or_fit_tokenizer(run)
-    store = open_source_store(run, tokenizer, src, "float" if run.task == "regression" else "str")
+    from .distributed import init, main_first
+
+    device = resolve_device(cfg.settings.environment)
+    init(device.type)
+    with main_first():  # rank 0 learns the tokenizer / builds the store, the others reuse them
+        tokenizer = load_or_fit_tokenizer(run)
+        store = open_source_store(run, tokenizer, src, "float" if run.task == "regression" else "str")
     n = len(store)
     split_ids = list(store.splits) if (src.splitpos or src.splitcolumn) else None
     folds = make_folds(n, split_ids, crossvalidation=src.crossvalidation, splitratio=src.splitratio, devsplits=src.devsplits, testsplits=src.testsplits, cvscheme=src.cvscheme, seed=cfg.seed)
@@ -37,8 +43,6 @@ def execute(run: Any) -> dict:
     if weights is not None and run.task != "regression":
         run.log.warning("weightpos is used for regression only; ignored for classification")
         weights = None
-    device = resolve_device(cfg.settings.environment)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run.log.info("%d records, %d fold(s), device %s", n, len(folds), device)
     results = []
     for fold in folds:
@@ -48,7 +52,8 @@ def execute(run: Any) -> dict:
         results.append(fit_fold(run, store, tokenizer, fold, weights, device))
     summary_metrics = results[0]
     cv = M.summarize_folds(results)
-    write_json(run.modedir / "cv_results.json", {"folds": [f.name for f in folds], "sizes": [f.sizes() for f in folds], "metrics": cv})
+    if is_main():
+        write_json(run.modedir / "cv_results.json", {"folds": [f.name for f in folds], "sizes": [f.sizes() for f in folds], "metrics": cv})
     shown = {k: v["mean"] for k, v in cv.items() if not k.startswith("scaled_")} if len(folds) > 1 else {k: v for k, v in summary_metrics.items() if isinstance(v, float) and not k.startswith("scaled_")}
     return {"metrics": shown, "lines": [f"folds: {', '.join(str(run.modedir / f.name) for f in folds)}"]}
 
@@ -107,6 +112,7 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
     model_spec = run.registry.model(run.plugin.name)
     model = model_spec.build(cfg.model, info).to(device)
     load_pretrained(run, model)
+    trained = wrap_distributed(model, device) if model_spec.fit is None else model
     tok_spec = run.tokenizer_spec
     pad_to = tr.blocksize if run.plugin.fixed_length else None
     batches = Batches(make_loader_fn(run, store, pad_to), lambda b: tok_spec.make_input(tokenizer, b, cfg), device, y, weights)
@@ -116,12 +122,12 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
         history: list = []
         best_val = None
     else:
-        optimizer = make_optimizer(model, tr)
+        optimizer = make_optimizer(trained, tr)
         val_metrics = _metric_fn(run.task, y, fold.val, scaler, n_outputs)
         progress = _progress(run)
         with progress if progress is not None else _nullctx():
             state = train(
-                pm=run.registry.pm, plugin=run.plugin.name, fold=fold.name, folddir=folddir, model=model, optimizer=optimizer,
+                pm=run.registry.pm, plugin=run.plugin.name, fold=fold.name, folddir=folddir, model=trained, optimizer=optimizer,
                 task=task, batches=batches, train_idx=fold.train, val_idx=fold.val, nepochs=tr.nepochs, patience=tr.patience,
                 gradacc=tr.gradacc, clipnorm=tr.clipnorm, seed=cfg.seed, device=device, precision=env.precision,
                 resume=tr.resume, log=run.log, val_metrics=val_metrics, progress=progress,
@@ -154,6 +160,9 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
         "seed": cfg.seed,
         "versions": run.versions(),
     }
+    pred_part = "test" if "test" in parts else "eval"
+    if not is_main():
+        return {k[len(pred_part) + 1 :]: v for k, v in results[pred_part].items() if isinstance(v, float)}
     save_fold(folddir, model, meta, run.outdir / "tokenizer.json", scaler, encoder)
     if model_spec.export is not None:
         model_spec.export(model, folddir)
@@ -164,12 +173,22 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
         write_json(folddir / "test_results.json", results["test"])
     all_results = {k: v for part in results.values() for k, v in part.items()}
     write_json(folddir / "all_results.json", all_results)
-    pred_part = "test" if "test" in parts else "eval"
     write_predictions(folddir, run.task, [store.ids[i] for i in parts[pred_part]], [raw[i] for i in parts[pred_part]], outputs[pred_part], scaler, encoder, split=pred_part)
     _plots(folddir, history, run.task, y, parts[pred_part], outputs[pred_part], scaler, encoder, results[pred_part], pred_part)
     run.log.info("fold %s: %s", fold.name, "  ".join(f"{k} {v:.4g}" for k, v in results[pred_part].items() if isinstance(v, float)))
     key = pred_part
     return {k[len(key) + 1 :]: v for k, v in results[key].items() if isinstance(v, float)}
+
+
+def wrap_distributed(model: Any, device: Any) -> Any:
+    """DistributedDataParallel when launched with several processes, else the model itself."""
+    from .distributed import is_distributed
+
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def load_pretrained(run: Any, model: Any) -> None:

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 
-def setup_logger(logdir: Path, name: str, quiet: bool = False, debug: bool = False) -> tuple[logging.Logger, Path]:
+def setup_logger(logdir: Path, name: str, quiet: bool = False, debug: bool = False, suffix: str = "") -> tuple[logging.Logger, Path]:
     """A logger writing everything to a new timestamped file and INFO+ to stderr (unless quiet)."""
     logdir.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S") + suffix
     path = logdir / f"{stamp}.log"
     n = 1
     while path.exists():

@@ -93,16 +93,37 @@ def prepare(plugin_name: str, mode: str, task: str | None, configfile: str | Pat
     outdir = Path(cfg.outputpath)
     modedir = outdir / mode_dirname(mode, cfg)
     modedir.mkdir(parents=True, exist_ok=True)
-    log, logfile = setup_logger(modedir / "logs", f"{plugin_name}.{mode}", quiet=quiet, debug=debug)
+    from .distributed import is_main, world
+
+    rank = world()[0]
+    log, logfile = setup_logger(modedir / "logs", f"{plugin_name}.{mode}", quiet=quiet, debug=debug, suffix=f"_rank{rank}" if rank else "")
     run = Run(registry, plugin, mode, task, cfg, outdir, modedir, log, logfile, quiet)
-    write_text(modedir / "config.yaml", dump_resolved(cfg, mode, plugin, task, run.versions()))
+    if is_main():
+        write_text(modedir / "config.yaml", dump_resolved(cfg, mode, plugin, task, run.versions()))
     log.debug("resolved config written to %s", modedir / "config.yaml")
     return run
 
 
-def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | Path | None = None, cli_values: dict | None = None, quiet: bool = False, debug: bool = False) -> Run:
-    """Carry out ``biolm PLUGIN MODE``; returns the finished :class:`Run` (its ``summary`` filled)."""
-    r = prepare(plugin_name, mode, task, configfile, cli_values, quiet=quiet, debug=debug)
+def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | Path | None = None, cli_values: dict | None = None, quiet: bool = False, debug: bool = False, argv: list[str] | None = None) -> Run | None:
+    """Carry out ``biolm PLUGIN MODE``; returns the finished :class:`Run` (its ``summary`` filled).
+
+    Training modes asking for several processes (``ngpus`` > 1, or several visible GPUs) are
+    relaunched under torch's launcher with ``argv`` (the command line); None is returned then.
+    """
+    from .distributed import is_distributed, is_main, relaunch, wanted_processes
+
+    if mode in ("fine-tune", "pre-train") and not is_distributed():
+        plugin = get_registry().plugin(plugin_name)
+        cfg = resolve(mode, plugin, load_yaml(configfile) if configfile else {}, cli_values, source=str(configfile) if configfile else "config")
+        n = wanted_processes(cfg.settings.environment)
+        if n > 1 and get_registry().model(plugin_name).fit is None:
+            if argv is None:
+                raise BiolmError(f"{n} processes asked for (ngpus); run through the biolm command so it can relaunch itself with torchrun")
+            code = relaunch(n, argv)
+            if code:
+                raise SystemExit(code)
+            return None
+    r = prepare(plugin_name, mode, task, configfile, cli_values, quiet=quiet or not is_main(), debug=debug)
     try:
         module = importlib.import_module(MODE_MODULES[mode])
         r.summary = module.execute(r) or {}
@@ -116,7 +137,8 @@ def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | 
         raise
     r.log.info("log written to %s", r.logfile)
     close_logger(r.log)
-    print_summary(r)
+    if is_main():
+        print_summary(r)
     return r
 
 

@@ -486,6 +486,12 @@ def open_or_build(
     Returns
     -------
     Store
+
+    Notes
+    -----
+    Under ``torchrun`` build on one rank and wait at a barrier before the others open the store;
+    concurrent builders do not corrupt it (each writes its own temporary file and renames it),
+    but they do the work several times.
     """
     path = os.fspath(path)
     reason = None

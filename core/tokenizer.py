@@ -376,10 +376,9 @@ def onehot(ids, mods, n_vocab: int) -> torch.Tensor:
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
     ids = ids.long()
-    if ids.numel() and int(ids.max()) >= n_vocab:
-        raise ValueError(f"token id {int(ids.max())} out of range for a vocabulary of {n_vocab}")
-    if ids.numel() and int(ids.min()) < -1:
-        raise ValueError(f"token id {int(ids.min())} < -1")
+    # One host sync for the check, not two: this runs once per training batch.
+    if ids.numel() and bool(((ids >= n_vocab) | (ids < -1)).any()):
+        raise ValueError(f"token ids must lie in [-1, {n_vocab}); got range [{int(ids.min())}, {int(ids.max())}]")
     if mods is None:
         mods = torch.zeros(*ids.shape, 0, device=ids.device)
     mods = torch.as_tensor(mods, dtype=torch.float32, device=ids.device)
@@ -414,10 +413,10 @@ def window(n_tokens: int, blocksize: int | None, lefttailing: bool = True, cente
     """
     if n_tokens < 0:
         raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    if blocksize is not None and blocksize < 1:
+        raise ValueError(f"blocksize must be >= 1, got {blocksize}")
     if blocksize is None or n_tokens <= blocksize:
         return 0, n_tokens
-    if blocksize < 1:
-        raise ValueError(f"blocksize must be >= 1, got {blocksize}")
     if center is None:
         return (n_tokens - blocksize, n_tokens) if lefttailing else (0, blocksize)
     if not 0 <= center < n_tokens:
