@@ -74,10 +74,13 @@ class ModelSpec:
         :class:`biolm.core.spec.ModelInfo` (task, number of outputs, input channels, block size,
         tokenizer). The module's ``forward(batch)`` takes the dict made by the tokenizer spec's
         ``make_input`` and returns ``(B, n_outputs)`` (regression values or class logits).
-    pretrain_loss : optional ``pretrain_loss(model, batch, generator) -> (loss, n_scored)`` for
-        ``pre-train`` (masked-LM and the like).
-    fast_loo : optional fast leave-one-out routine (see ``biolm.core.interpret``); the core falls
-        back to batched full forward passes when absent.
+    pretrain_loss : optional ``pretrain_loss(model, batch, generator) -> loss`` (a scalar tensor)
+        for ``pre-train`` (masked-LM and the like).
+    fast_loo : optional ``fast_loo(model, inp, n, positions, rows) -> (P, n_outputs)``: raw outputs
+        of ``model`` for P copies of the one-sequence input ``inp`` (``inp["x"]`` is (1, L, C), real
+        length ``n``) in which row ``positions[j]`` is replaced by ``rows[j]`` (C,), for
+        ``mask``/``replace`` leave-one-out. Must equal the full forward passes (the core's fallback
+        and the reference in tests) to within float tolerance.
     fit : optional ``fit(model, batches, train_idx, task, cfg)`` for models that are fitted in one
         pass instead of by gradient descent (e.g. incremental PCA + a closed-form head).
     export : optional ``export(model, folddir)`` writing plugin-specific artefacts next to a

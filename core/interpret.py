@@ -197,7 +197,7 @@ def execute(run: Any) -> dict:
             if len(positions) == 0:
                 continue
             if fast is not None and how in ("mask", "replace"):
-                preds = fast(ens, tok_spec, tok, cfg, ids_t, mods_t, n, positions, how, rids, zmods)
+                preds = _fast(fast, ens, tok_spec, tok, cfg, base_inp, ids_t, mods_t, n, positions, how, rids, zmods)
             else:
                 preds = _full_forwards(ens, tok_spec, tok, cfg, ids_t, mods_t, n, positions, how, rids, zmods, lc.maxpositions)
             if ens.task == "regression":
@@ -267,6 +267,26 @@ def _shap_explanations(items: list) -> list:
         )
         out.append(e)
     return out
+
+
+def _fast(fast, ens, tok_spec, tok, cfg, base_inp, ids_t, mods_t, n, positions, how, rids, zmods):
+    """Single-position changes through the plugin's fast routine: the new input rows are built by
+    the tokenizer spec from one-token batches, so the plugin only sees (row position, new row)."""
+    import torch
+
+    pos = torch.as_tensor(positions, device=ids_t.device, dtype=torch.long)
+    row_ids = ids_t[pos].clone()
+    row_mods = mods_t[pos].clone()
+    if how == "mask":
+        row_ids[:] = MASK_ID
+        row_mods[:] = 0
+    else:
+        row_ids[:] = torch.as_tensor(rids, device=ids_t.device, dtype=torch.long)
+        if zmods is not None and zmods.any():
+            row_mods[torch.as_tensor(zmods, device=ids_t.device)] = 0
+    rows = tok_spec.make_input(tok, {"ids": row_ids[:, None], "mods": row_mods[:, None, :], "lengths": torch.ones(len(pos), dtype=torch.long, device=ids_t.device)}, cfg)["x"][:, 0, :]
+    outs = [ens.convert(i, fast(f.model, base_inp, n, pos, rows)) for i, f in enumerate(ens.folds)]
+    return ens.combine(outs)
 
 
 def _full_forwards(ens, tok_spec, tok, cfg, ids_t, mods_t, n, positions, how, rids, zmods, maxpositions):

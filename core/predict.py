@@ -41,24 +41,24 @@ class Ensemble:
 
     def fold_outputs(self, inp: dict):
         """Per-fold outputs as torch tensors: (B,) label units, or (B, C) probabilities."""
+        return [self.convert(i, f.model(inp)) for i, f in enumerate(self.folds)]
+
+    def convert(self, i: int, raw):
+        """Raw outputs (B, n_out) of fold ``i`` -> (B,) label units or (B, C) probabilities."""
         import torch
 
-        outs = []
-        for f in self.folds:
-            o = f.model(inp).float()
-            if self.task == "regression":
-                o = o[:, 0]
-                s = f.scaler
-                if s is not None and s.kind == "log":
-                    o = torch.exp(o)
-                elif s is not None and s.kind == "minmax":
-                    o = o * (s.params["max"] - s.params["min"]) + s.params["min"]
-                elif s is not None and s.kind == "standard":
-                    o = o * s.params["std"] + s.params["mean"]
-            else:
-                o = torch.softmax(o, dim=-1)
-            outs.append(o)
-        return outs
+        o = raw.float()
+        if self.task != "regression":
+            return torch.softmax(o, dim=-1)
+        o = o[:, 0]
+        s = self.folds[i].scaler
+        if s is None or s.kind == "none":
+            return o
+        if s.kind == "log":
+            return torch.exp(o)
+        if s.kind == "minmax":
+            return o * (s.params["max"] - s.params["min"]) + s.params["min"]
+        return o * s.params["std"] + s.params["mean"]
 
     def combine(self, outs: list):
         total = outs[0] * float(self.weights[0])
