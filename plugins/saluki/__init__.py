@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from biolm.core.errors import ConfigError
 from biolm.core.hookspecs import ModelSpec, PluginConfig, hookimpl
 from biolm.core.schema import opt
 
@@ -28,22 +29,28 @@ class SalukiSchema:
 
 
 def _build(model_cfg: SalukiSchema, info):
+    from biolm.core.adapters import InputAdapter
+
     from .model import Saluki
 
-    return Saluki(
-        in_channels=info.in_channels,
-        seq_length=info.blocksize,
-        filters=model_cfg.filters,
-        kernel_size=model_cfg.kernel_size,
-        num_layers=model_cfg.num_layers,
-        dropout=model_cfg.dropout,
-        ln_epsilon=model_cfg.ln_epsilon,
-        bn_momentum=model_cfg.bn_momentum,
-        augment_shift=model_cfg.augment_shift,
-        go_backwards=model_cfg.go_backwards,
-        num_outputs=info.n_outputs,
-        l2_scale=model_cfg.l2_scale,
-    )
+    try:
+        net = Saluki(
+            in_channels=info.in_channels,
+            seq_length=info.blocksize,
+            filters=model_cfg.filters,
+            kernel_size=model_cfg.kernel_size,
+            num_layers=model_cfg.num_layers,
+            dropout=model_cfg.dropout,
+            ln_epsilon=model_cfg.ln_epsilon,
+            bn_momentum=model_cfg.bn_momentum,
+            augment_shift=model_cfg.augment_shift,
+            go_backwards=model_cfg.go_backwards,
+            num_outputs=info.n_outputs,
+            l2_scale=model_cfg.l2_scale,
+        )
+    except ValueError as exc:
+        raise ConfigError("settings.training.blocksize", str(exc)) from None
+    return InputAdapter(net, ("x", "lengths"), penalty=net.l2_penalty if model_cfg.l2_scale > 0 else None)
 
 
 @hookimpl
