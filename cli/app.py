@@ -31,18 +31,19 @@ def _registry():
 
 
 def _fail(exc: BaseException) -> None:
-    """One readable line on stderr; a traceback only with --debug."""
-    if isinstance(exc, BiolmError):
-        if _state["debug"]:
-            raise exc
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+    """One readable line on stderr (exit 2 for user errors, 1 otherwise); a traceback only with --debug."""
+    import traceback
+
     if isinstance(exc, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
     if _state["debug"]:
-        raise exc
-    typer.echo(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        traceback.print_exception(exc)
+    if isinstance(exc, BiolmError):
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    hint = "" if _state["debug"] else " (run with --debug for the traceback)"
+    typer.echo(f"unexpected error: {type(exc).__name__}: {exc}{hint}", err=True)
     raise typer.Exit(1)
 
 
@@ -204,7 +205,7 @@ def root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output directory (for scripts)."),
 ) -> None:
-    _state["debug"] = _state["debug"] or debug
+    _state["debug"] = debug or bool(os.environ.get("BIOLM_DEBUG"))
     _state["quiet"] = quiet
 
 

@@ -132,7 +132,7 @@ def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | 
         close_logger(r.log)
         raise
     except BaseException:
-        r.log.exception("unexpected failure")
+        r.log.debug("unexpected failure", exc_info=True)  # the file keeps the traceback; the console only with --debug
         close_logger(r.log)
         raise
     r.log.info("log written to %s", r.logfile)
