@@ -28,8 +28,8 @@ def delimited_options(source: Any, label_kind: str | None = None):
 
 
 def log_read_stats(stats: Any, log: Any, path: str) -> None:
-    if getattr(stats, "skipped", 0):
-        log.warning("%s: skipped %d malformed row(s) (on_bad_row: skip); first: %s", path, stats.skipped, "; ".join(stats.reasons))
+    if stats.n_skipped:
+        log.warning("%s: skipped %d malformed row(s) (on_bad_row: skip); first: %s", path, stats.n_skipped, "; ".join(stats.reasons))
 
 
 def _fit(source: Any, cfg: Any, log: Any):

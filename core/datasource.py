@@ -11,7 +11,8 @@ Decisions worth knowing (they are the user-facing contract, see ``reference/002_
 - ``.gz`` files are read transparently, recognised by suffix or by the gzip magic bytes.
 - A field may be quoted with double quotes (``"a,c,g"``) to contain the column separator; ``""``
   inside a quoted field is a literal quote. A record is one physical line: quoted fields cannot
-  span lines.
+  span lines. With a multi-character separator a field that ends with its first characters
+  (``a:`` before ``::``) is split at the first match; such fields must be quoted.
 - Fields are stripped of surrounding whitespace; tokens are too (``a, c, g`` reads as ``a c g``).
 - An empty token (``a,,c``, a trailing ``,``) is an error, never a silent empty vocabulary entry.
 - ``specifiersep`` needs ``tokensep``: in a contiguous string ``a#2.5c`` the end of a number is
@@ -30,6 +31,8 @@ import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
+
+import numpy as np
 
 from .errors import ConfigError, DataError
 
@@ -236,30 +239,40 @@ def _split_csv(line: str, sep: str) -> list[str]:
         raise _BadRow(f"malformed quoted field: {e}") from None
 
 
+def _marked_tokens(tokens: list[str], spec: str) -> list[int]:
+    """Indices of the tokens containing ``spec``, found by a numpy scan of the joined tokens
+    (typically a minority: the Python work is then spent only on them)."""
+    if len(spec) == 1:
+        joined = "\x00".join(tokens)
+        if joined.isascii():
+            codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+            seps = np.flatnonzero(codes == 0)
+            if len(seps) == len(tokens) - 1:  # no token contains NUL itself
+                hits = np.flatnonzero(codes == ord(spec))
+                return np.unique(np.searchsorted(seps, hits)).tolist()
+    return [i for i, tok in enumerate(tokens) if spec in tok]
+
+
 def _split_specifiers(tokens: list[str], spec: str) -> tuple[list[str], list[Sequence[float]]]:
-    bases: list[str] = []
-    mods: list[Sequence[float]] = []
-    none: tuple = ()
-    for pos, tok in enumerate(tokens, 1):
-        if spec not in tok:
-            bases.append(tok)
-            mods.append(none)
-            continue
+    bases = list(tokens)
+    mods: list[Sequence[float]] = [()] * len(tokens)
+    for i in _marked_tokens(tokens, spec):
+        tok = tokens[i]
         parts = tok.split(spec)
         base = parts[0].strip()
         if not base:
-            raise _BadRow(f"token {tok!r} at position {pos}: no token before specifier {spec!r}")
+            raise _BadRow(f"token {tok!r} at position {i + 1}: no token before specifier {spec!r}")
         vals = []
         for p in parts[1:]:
             try:
                 v = float(p)
             except ValueError:
-                raise _BadRow(f"token {tok!r} at position {pos}: modifier {p!r} is not a number") from None
+                raise _BadRow(f"token {tok!r} at position {i + 1}: modifier {p!r} is not a number") from None
             if not math.isfinite(v):
-                raise _BadRow(f"token {tok!r} at position {pos}: modifier {p!r} is not a finite number")
+                raise _BadRow(f"token {tok!r} at position {i + 1}: modifier {p!r} is not a finite number")
             vals.append(v)
-        bases.append(base)
-        mods.append(vals)
+        bases[i] = base
+        mods[i] = vals
     return bases, mods
 
 
@@ -269,6 +282,34 @@ def _empty_token_position(seq: str, sep: str) -> int:
         if not tok.strip():
             return pos
     return 0
+
+
+def _parse_sequence(
+    seq: str, toksep: str | None, spec: str | None, seqpos: int
+) -> tuple[Sequence[str], list[Sequence[float]] | None]:
+    """Split a (stripped, non-empty) sequence field into base tokens and modifiers."""
+    if toksep is None:
+        if " " in seq or "\t" in seq:
+            raise _BadRow(
+                "sequence contains whitespace but tokensep is unset (one token per character); "
+                "set tokensep if the tokens are separated",
+                column=seqpos,
+            )
+        return seq, None
+    if toksep.isspace():
+        tokens = seq.split()  # runs of whitespace are one separator
+    else:
+        # Cheap substring tests first; the position is only worked out for the error message.
+        if toksep + toksep in seq or seq.startswith(toksep) or seq.endswith(toksep):
+            raise _BadRow(f"empty token at position {_empty_token_position(seq, toksep)}", column=seqpos)
+        tokens = seq.split(toksep)
+        if " " in seq or "\t" in seq:
+            tokens = [t.strip() for t in tokens]
+            if "" in tokens:
+                raise _BadRow(f"empty token at position {tokens.index('') + 1}", column=seqpos)
+    if spec is not None and spec in seq:
+        return _split_specifiers(tokens, spec)
+    return tokens, None
 
 
 def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iterator[Record]:
@@ -308,8 +349,6 @@ def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iter
     skip = opts.on_bad_row == "skip"
     split_fields = _split_csv if len(colsep) == 1 else _split_quoted
     same_sep = toksep is not None and toksep == colsep
-    ws_toksep = toksep is not None and toksep.isspace()
-    double_sep = None if toksep is None else toksep + toksep
     header_pending = bool(opts.stripheader)
 
     fh = _open_binary(path)
@@ -354,28 +393,7 @@ def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iter
                 seq = fields[idx_seq].strip()
                 if not seq:
                     raise _BadRow(f"empty sequence (seqpos={opts.seqpos})", column=opts.seqpos)
-                modifiers = None
-                if toksep is None:
-                    if " " in seq or "\t" in seq:
-                        raise _BadRow(
-                            "sequence contains whitespace but tokensep is unset (one token per "
-                            "character); set tokensep if the tokens are separated",
-                            column=opts.seqpos,
-                        )
-                    tokens: Sequence[str] = seq
-                elif ws_toksep:
-                    tokens = seq.split()
-                else:
-                    if double_sep in seq or seq.startswith(toksep) or seq.endswith(toksep):
-                        pos = _empty_token_position(seq, toksep)
-                        raise _BadRow(f"empty token at position {pos}", column=opts.seqpos)
-                    tokens = seq.split(toksep)
-                    if " " in seq or "\t" in seq:
-                        tokens = [t.strip() for t in tokens]
-                        if "" in tokens:
-                            raise _BadRow(f"empty token at position {tokens.index('') + 1}", column=opts.seqpos)
-                    if spec is not None and spec in seq:
-                        tokens, modifiers = _split_specifiers(tokens, spec)
+                tokens, modifiers = _parse_sequence(seq, toksep, spec, opts.seqpos)
 
                 label = None
                 if idx_label is not None:

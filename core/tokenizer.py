@@ -20,6 +20,7 @@ import json
 import os
 import random
 from collections import Counter
+from itertools import chain
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -265,15 +266,22 @@ class AtomicTokenizer:
             return out
         if len(modifiers) != n:
             raise ValueError(f"{len(modifiers)} modifier entries for {n} tokens")
-        for i, vals in enumerate(modifiers):
-            if vals:
-                k = len(vals)
-                if k > m:
-                    raise BiolmError(
-                        f"{where}token at position {i + 1} has {k} modifiers, but the tokenizer was "
-                        f"fitted with {m} modifier channel(s); refit the tokenizer on data like this"
-                    )
-                out[i, :k] = vals
+        # Scatter all values at once: per-row numpy assignments cost ~1 us each.
+        counts = np.fromiter(map(len, modifiers), dtype=np.int64, count=n)
+        rows = np.flatnonzero(counts)
+        if not len(rows):
+            return out
+        k = counts[rows]
+        if k.max() > m:
+            i = int(rows[np.argmax(k > m)])
+            raise BiolmError(
+                f"{where}token at position {i + 1} has {int(counts[i])} modifiers, but the tokenizer was "
+                f"fitted with {m} modifier channel(s); refit the tokenizer on data like this"
+            )
+        vals = np.fromiter(chain.from_iterable(modifiers[i] for i in rows.tolist()), dtype=np.float32, count=int(k.sum()))
+        first = np.cumsum(k) - k
+        cols = np.arange(len(vals)) - np.repeat(first, k)
+        out[np.repeat(rows, k), cols] = vals
         return out
 
     def encode(self, record: Record) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ def write_config(path: Path, data_file: Path, outdir: Path, **sections) -> Path:
     }
     for k, v in sections.items():
         key = {"fine_tuning_data_source": "fine-tuning data source"}.get(k, k.replace("_", " "))
-        if isinstance(v, dict) and isinstance(cfg.get(key), dict):
+        if isinstance(v, dict) and isinstance(cfg.get(key), dict) and key != "model":
             cfg[key] = {**cfg[key], **v}
         else:
             cfg[key] = v
