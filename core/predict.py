@@ -92,8 +92,9 @@ def load_ensemble(run: Any, device: Any) -> Ensemble:
         tr.blocksize = bs
     if tr.scaling != "none" and folds[0].scaler is not None and tr.scaling != folds[0].scaler.kind:
         run.log.warning("scaling %s in the config ignored: the model was trained with %s (loaded with it)", tr.scaling, folds[0].scaler.kind)
-    run.log.info("model: %s (%d fold(s), weights %s)", path, len(folds), ", ".join(f"{w:.3f}" for w in Ensemble(folds, run.cfg.inference_model.ensembleweighting).weights))
-    return Ensemble(folds, run.cfg.inference_model.ensembleweighting)
+    ens = Ensemble(folds, run.cfg.inference_model.ensembleweighting)
+    run.log.info("model: %s (%d fold(s), weights %s)", path, len(folds), ", ".join(f"{w:.3f}" for w in ens.weights))
+    return ens
 
 
 def selected_indices(run: Any, store: Any) -> np.ndarray:
@@ -183,10 +184,10 @@ def execute(run: Any) -> dict:
 
 def save_embeddings(run: Any, ens: Ensemble, batches: Any, idx: np.ndarray, ids: list, device: Any) -> None:
     """``embeddings.h5``: one (N, D) dataset per fold model that has an ``embed`` method."""
+    import os
+
     import h5py
     import torch
-
-    from .outputs import write_atomic
 
     models = [(f.path.name, f.model) for f in ens.folds if hasattr(f.model, "embed")]
     if not models:
@@ -208,8 +209,5 @@ def save_embeddings(run: Any, ens: Ensemble, batches: Any, idx: np.ndarray, ids:
         f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
         for name, arr in arrays.items():
             f.create_dataset(f"fold_{name}", data=arr, compression="gzip")
-    import os
-
     os.replace(tmp, path)
-    del write_atomic
     run.log.info("embeddings written to %s", path)
