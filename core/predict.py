@@ -50,15 +50,8 @@ class Ensemble:
         o = raw.float()
         if self.task != "regression":
             return torch.softmax(o, dim=-1)
-        o = o[:, 0]
-        s = self.folds[i].scaler
-        if s is None or s.kind == "none":
-            return o
-        if s.kind == "log":
-            return torch.exp(o)
-        if s.kind == "minmax":
-            return o * (s.params["max"] - s.params["min"]) + s.params["min"]
-        return o * s.params["std"] + s.params["mean"]
+        scaler = self.folds[i].scaler
+        return scaler.inverse(o[:, 0]) if scaler is not None else o[:, 0]
 
     def combine(self, outs: list):
         total = outs[0] * float(self.weights[0])

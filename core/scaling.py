@@ -42,10 +42,13 @@ class LabelScaler:
             return (y - self.params["mean"]) / self.params["std"]
         return y
 
-    def inverse(self, z: np.ndarray) -> np.ndarray:
-        z = np.asarray(z, dtype=np.float64)
+    def inverse(self, z):
+        """Scaled values -> label units; works on numpy arrays (float64) and torch tensors alike."""
+        is_tensor = hasattr(z, "exp")
+        if not is_tensor:
+            z = np.asarray(z, dtype=np.float64)
         if self.kind == "log":
-            return np.exp(z)
+            return z.exp() if is_tensor else np.exp(z)
         if self.kind == "minmax":
             return z * (self.params["max"] - self.params["min"]) + self.params["min"]
         if self.kind == "standard":
