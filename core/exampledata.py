@@ -8,10 +8,15 @@
   the users' files have them.
 - ``rna_predict.txt``: more sequences from the same generator (labels included).
 
-The planted signal: every AU-rich element ``attta`` in the 3' UTR lowers the half-life, a longer
-CDS raises it, and ``attta`` copies in the 5' UTR or CDS are decoys without effect — so a
-bag-of-k-mers model sees a diluted signal while a model that knows where it is reading sees it
-whole. ``stability`` is the half-life thresholded at its median (classification);
+``python -m biolm.core.exampledata OUTDIR --expression`` writes ``cells.h5ad`` instead: single-cell
+counts with cell-type marker genes (:func:`write_expression_example`).
+
+The planted signal: every AU-rich element ``attta`` in the 3' UTR lowers the half-life (copies
+in the 5' UTR or CDS are decoys without effect), a longer CDS raises it, and so does codon
+optimality — here the GC content of the third codon position, while the first two positions
+compensate so that the CDS's overall GC content does not change with it. A bag of k-mers sees
+a diluted signal; a model that knows where it is reading, and in which frame (upper-case codon
+starts), sees it whole. ``stability`` is the half-life thresholded at its median (classification);
 ``quality`` is STRONG/GOOD/WEAK/POOR (weighted regression).
 """
 
@@ -33,6 +38,13 @@ def _random_nt(rng: np.random.Generator, n: int) -> list[str]:
     return list(NT[rng.integers(0, 4, n)])
 
 
+def _base(rng: np.random.Generator, p_gc: float) -> str:
+    """One nucleotide with GC probability ``p_gc`` (g/c and a/t equally likely within)."""
+    if rng.random() < p_gc:
+        return "g" if rng.random() < 0.5 else "c"
+    return "a" if rng.random() < 0.5 else "t"
+
+
 def _insert(seq: list[str], rng: np.random.Generator, lo: int, hi: int, count: int) -> None:
     for _ in range(count):
         if hi - lo <= len(MOTIF):
@@ -50,10 +62,14 @@ def transcript(rng: np.random.Generator, min_len: int = 300, max_len: int = 1800
     utr3 = max(30, total - utr5 - cds_len)
     seq = _random_nt(rng, utr5)
     cds = ["a", "t", "g"]
+    optimality = float(rng.random())
+    gc12, gc3 = 0.7 - 0.4 * optimality, 0.3 + 0.4 * optimality
+    n_gc3 = 0
     for _ in range(n_codons - 2):
-        codon = _random_nt(rng, 3)
+        codon = [_base(rng, gc12), _base(rng, gc12), _base(rng, gc3)]
         while "".join(codon) in STOPS:
-            codon = _random_nt(rng, 3)
+            codon = [_base(rng, gc12), _base(rng, gc12), _base(rng, gc3)]
+        n_gc3 += codon[2] in "gc"
         cds += codon
     cds += list(STOPS[int(rng.integers(0, 3))])
     seq += cds
@@ -72,7 +88,8 @@ def transcript(rng: np.random.Generator, min_len: int = 300, max_len: int = 1800
         tokens[int(pos)] = tokens[int(pos)] + "ej"
     if modifiers:
         tokens = [f"{t}#{rng.random():.2f}" if rng.random() < 0.3 else t for t in tokens]
-    halflife = float(np.exp(1.2 - 0.45 * are + 0.6 * cds_len / 1000.0))
+    gc3_frac = n_gc3 / max(1, n_codons - 2)
+    halflife = float(np.exp(1.0 - 0.45 * are + 0.4 * cds_len / 1000.0 + 1.5 * (gc3_frac - 0.5)))
     return tokens, halflife
 
 
@@ -104,16 +121,77 @@ def write_examples(outdir: Path, n_train: int = 600, n_predict: int = 60, seed: 
     }
 
 
+CELL_TYPE_NAMES = ("T cell", "B cell", "monocyte", "NK cell", "dendritic cell", "erythrocyte", "platelet", "neutrophil")
+
+
+def write_expression_example(path: Path, n_cells: int = 300, n_genes: int = 200, n_types: int = 3, seed: int = 0, n_markers: int = 10) -> Path:
+    """Write a small single-cell ``.h5ad`` (h5py only) with a planted cell-type signal.
+
+    Counts are negative binomial (gamma-Poisson, dispersion 2) around per-gene means drawn
+    log-normally, times a per-cell library size. Each cell type strongly over-expresses (x8) its
+    own ``n_markers`` marker genes (disjoint sets, taken in order after the housekeeping genes);
+    the first 10 genes are "housekeeping" genes, high in every cell, so that the per-gene median
+    normalisation of Geneformer's tokenizer has something to demote. Cell types are imbalanced
+    (proportions n_types : n_types-1 : ... : 1), so the majority baseline is well above chance.
+
+    ``obs`` columns: ``cell_type`` (categorical), ``split`` (categorical ``"1"``..``"5"``, balanced)
+    and ``marker_score`` (float: mean ``log1p`` of the library-normalised (10,000) counts of the
+    first type's markers, plus a little noise — a regression target the counts determine).
+    ``X`` is a CSR matrix of float32 counts; genes are ``gene001``..; cells ``cell0001``...
+    """
+    import scipy.sparse as sp
+
+    from .expression import write_h5ad
+
+    n_housekeeping = 10
+    if n_housekeeping + n_types * n_markers > n_genes:
+        raise ValueError(f"{n_genes} genes are too few for {n_housekeeping} housekeeping genes and {n_types} x {n_markers} markers")
+    rng = np.random.default_rng(seed)
+    names = [CELL_TYPE_NAMES[k] if k < len(CELL_TYPE_NAMES) else f"type {k + 1}" for k in range(n_types)]
+    weights = np.arange(n_types, 0, -1, dtype=np.float64)
+    types = rng.choice(n_types, size=n_cells, p=weights / weights.sum())
+    mu = np.exp(rng.normal(-0.4, 0.9, n_genes))
+    mu[:n_housekeeping] = np.exp(rng.normal(3.0, 0.3, n_housekeeping))
+    fold = np.ones((n_types, n_genes))
+    markers = [np.arange(n_housekeeping + k * n_markers, n_housekeeping + (k + 1) * n_markers) for k in range(n_types)]
+    for k, m in enumerate(markers):
+        fold[k, m] = 8.0
+        mu[m] = np.maximum(mu[m], 0.5)
+    size = np.exp(rng.normal(0.0, 0.3, n_cells))
+    mean = mu[None, :] * fold[types] * size[:, None]
+    r = 2.0
+    counts = rng.poisson(rng.gamma(r, mean / r)).astype(np.float32)
+    norm = 1e4 * counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+    score = np.log1p(norm[:, markers[0]]).mean(1) + rng.normal(0.0, 0.05, n_cells)
+    split = (rng.permutation(n_cells) % 5 + 1).astype(str)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_h5ad(
+        path,
+        sp.csr_matrix(counts),
+        [f"gene{j + 1:03d}" for j in range(n_genes)],
+        [f"cell{i + 1:04d}" for i in range(n_cells)],
+        obs={"cell_type": np.asarray(names, dtype=object)[types].astype(str), "split": split, "marker_score": np.round(score, 5)},
+        categorical={"cell_type", "split"},
+    )
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-predict", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=None, help="default: 7 (sequences), 0 (--expression)")
     ap.add_argument("--min-len", type=int, default=200)
     ap.add_argument("--max-len", type=int, default=900)
+    ap.add_argument("--expression", action="store_true", help="write the single-cell example OUTDIR/cells.h5ad instead (geneformer, pca)")
     a = ap.parse_args(argv)
-    for name, p in write_examples(a.outdir, a.n_train, a.n_predict, a.seed, a.min_len, a.max_len).items():
+    if a.expression:
+        print(f"cells: {write_expression_example(a.outdir / 'cells.h5ad', seed=0 if a.seed is None else a.seed)}")
+        return
+    seed = 7 if a.seed is None else a.seed
+    for name, p in write_examples(a.outdir, a.n_train, a.n_predict, seed, a.min_len, a.max_len).items():
         print(f"{name}: {p}")
 
 

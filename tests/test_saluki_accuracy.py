@@ -1,7 +1,8 @@
 """Planted-signal recovery: Saluki fine-tuned through the CLI path beats a k-mer ridge baseline.
 
 The example generator plants AU-rich elements that shorten the half-life only in the 3' UTR
-(copies elsewhere are decoys) and a CDS-length effect. A bag of k-mers sees a diluted signal.
+(copies elsewhere are decoys), a CDS-length effect and an in-frame codon (GC3) effect. A bag of
+k-mers sees a diluted signal. Settings: block 2,048, 2,000 transcripts, 12 epochs on CPU.
 """
 
 import csv
@@ -62,8 +63,8 @@ def test_saluki_beats_kmer_ridge_on_planted_signal(tmp_path):
     cfg = write_config(
         tmp_path / "c.yaml", data, tmp_path / "out",
         fine_tuning_data_source={"splitratio": "80,10,10"},
-        settings={"training": {"batchsize": 32, "blocksize": 2048, "nepochs": 14, "patience": 4, "lr": 0.002, "scaling": "log"}},
-        model={"dropout": 0.1},
+        settings={"training": {"batchsize": 32, "blocksize": 2048, "nepochs": 12, "patience": 5, "lr": 0.002, "scaling": "log"}},
+        model={"dropout": 0.1, "l2_scale": 1e-4},
         seed=5,
     )
     r = run("saluki", "fine-tune", task="regression", configfile=cfg, quiet=True)
@@ -72,4 +73,4 @@ def test_saluki_beats_kmer_ridge_on_planted_signal(tmp_path):
     print(f"test spearman: saluki {saluki:.3f}, k-mer ridge {baseline:.3f}")
     with open(r.modedir / "0/test_predictions.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(fold.test)
-    assert saluki > baseline + 0.05
+    assert saluki > baseline + 0.1
