@@ -193,7 +193,10 @@ def execute(run: Any) -> dict:
             mods_t[:n] = torch.as_tensor(mods_np, dtype=torch.float32, device=device)
             base_inp = tok_spec.make_input(tok, {"ids": ids_t[None], "mods": mods_t[None], "lengths": torch.tensor([n], device=device)}, cfg)
             base = ens(base_inp)[0]
-            positions, repl, rids, zmods = plan(ids_np, mods_np, n, how, vocab, lc.replacementdict, lc.replacespecifier)
+            # the store may hold more tokens than the model reads (geneformer keeps the next-ranked
+            # gene so a deletion lets it move in): score only the positions the model sees
+            n_seen = min(n, int(ens.meta.get("blocksize") or n))
+            positions, repl, rids, zmods = plan(ids_np, mods_np, n_seen, how, vocab, lc.replacementdict, lc.replacespecifier)
             if len(positions) == 0:
                 continue
             if fast is not None and how in ("mask", "replace"):
@@ -214,17 +217,17 @@ def execute(run: Any) -> dict:
             start = int(starts[i])
             sid = store.ids[i]
             label = raw_labels[i] if labelled else ""
-            texts = [token_text(tok, int(ids_np[p]), mods_np[p], specsep) for p in range(n)]
+            texts = [token_text(tok, int(ids_np[p]), mods_np[p], specsep) for p in range(n_seen)]
             for j, p in enumerate(positions):
                 row = [sid, texts[p], repl[j], label, pred_text, start + int(p), start + int(p) + 1, f"{loo[j]:.6g}"]
                 if ens.task == "classification":
                     row.append(f"{loo_true[j]:.6g}" if loo_true is not None else "")
                 rows.append(row)
-            per_pos = np.zeros(n)
-            counts = np.zeros(n)
+            per_pos = np.zeros(n_seen)
+            counts = np.zeros(n_seen)
             np.add.at(per_pos, positions, loo)
             np.add.at(counts, positions, 1)
-            per_pos = np.divide(per_pos, counts, out=np.zeros(n), where=counts > 0)
+            per_pos = np.divide(per_pos, counts, out=np.zeros(n_seen), where=counts > 0)
             explanations.append((sid, per_pos, base_v, texts, start))
             if len(plot_data) < lc.plotsequences:
                 plot_data.append((sid, texts, per_pos))
