@@ -349,6 +349,7 @@ def resolve(
     cfg = Config()
     cfg.model = plugin.model_schema() if plugin and plugin.model_schema else None
     if plugin:
+        cfg.tokenization.encoding = plugin.tokenizer
         settings_by_key = {s.key: s for s in specs if s.path[0] == "settings"}
         for key, value in plugin.training_defaults.items():
             spec = settings_by_key.get(key)
@@ -368,6 +369,8 @@ def resolve(
         spec = by_path[tuple(dotted.split("."))]
         v = coerce(spec, value, "command line")
         _set(cfg, spec.path, None if v is UNSET else v)
+    if plugin and cfg.tokenization.encoding != plugin.tokenizer:
+        raise ConfigError("tokenization.encoding", f"{plugin.name} uses the {plugin.tokenizer!r} tokenizer, got {cfg.tokenization.encoding!r}", source)
     if mode in SOURCE_FOR_MODE and not cfg.outputpath:
         fp = getattr(cfg, SOURCE_FOR_MODE[mode]).filepath
         if fp:

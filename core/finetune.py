@@ -197,12 +197,20 @@ def load_pretrained(run: Any, model: Any) -> None:
     if loader is None or run.cfg.settings.training.fromscratch:
         return
     path = run.cfg.inference_model.pretrainedmodel
+    if path and (Path(path) / "config.json").exists():
+        from .outputs import read_json
+
+        if read_json(Path(path) / "config.json").get("task") != "pre-train":
+            run.log.info("inference model.pretrainedmodel %s is a fine-tuned model (for predict/interpret), not pre-trained weights: ignored", path)
+            path = None
     default = run.outdir / "pre-train"
     if not path and (default / "pytorch_model.bin").exists():
         path = default
     if path:
         run.log.info("starting from pre-trained weights in %s", path)
-        loader(Path(path))
+        report = loader(Path(path))
+        if report:
+            run.log.info("pre-trained weights: %s", report if isinstance(report, str) else ", ".join(f"{k} {len(v) if hasattr(v, '__len__') and not isinstance(v, str) else v}" for k, v in report.items()))
 
 
 def _model_dict(model_cfg: Any) -> dict:

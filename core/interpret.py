@@ -296,8 +296,12 @@ def _full_forwards(ens, tok_spec, tok, cfg, ids_t, mods_t, n, positions, how, ri
     """Predictions of every perturbed copy by batched full forward passes, chunked."""
     import torch
 
-    L, C = ids_t.shape[0], max(1, mods_t.shape[-1] + len(getattr(tok, "vocab", []) or [1]))
-    chunk = int(max(1, min(maxpositions, 256_000_000 // (4 * L * C))))
+    L = ids_t.shape[0]
+    # one-hot inputs cost L x channels floats per copy; token-id inputs (geneformer) are small,
+    # their cost is the model's activations, bounded by the batch size
+    C = len(tok.vocab) + mods_t.shape[-1] if ens.meta.get("encoding") == "atomic" else None
+    bound = 256_000_000 // (4 * L * C) if C else cfg.settings.training.batchsize * 4
+    chunk = int(max(1, min(maxpositions, bound)))
     outs = []
     for s in range(0, len(positions), chunk):
         sl = slice(s, s + chunk)

@@ -67,6 +67,8 @@ def load_fold(folddir: Path, registry: Any, device: Any = "cpu") -> FoldModel:
     from .spec import ModelInfo
 
     meta = read_json(folddir / "config.json")
+    if meta.get("task") not in ("regression", "classification") or "n_outputs" not in meta:
+        raise BiolmError(f"inference model.pretrainedmodel: {folddir} holds a {meta.get('task', 'unknown')} model, not a fine-tuned one (use OUTPUTPATH/fine-tune or a fold folder in it)")
     plugin = registry.plugin(meta["plugin"])
     tok_spec = registry.tokenizer(meta.get("encoding", plugin.tokenizer))
     tokenizer = tok_spec.load(folddir / "tokenizer.json")

@@ -154,18 +154,20 @@ def execute(run: Any) -> dict:
     raw = [store.labels[i] for i in idx]
     labelled = bool(run.source.labelpos or run.source.labelcolumn) and all(r not in (None, "") for r in raw)
     out_metrics: dict = {}
+    y = None
+    if labelled:  # bad labels stop the run before anything is written
+        y = parse_float_labels(raw, str(run.source.filepath)) if ens.task == "regression" else LabelEncoder(ens.classes).transform(raw, str(run.source.filepath))
     if ens.task == "regression":
         extra = {f"fold_{n}": p for n, p in zip(ens.names, per_fold)} if len(per_fold) > 1 else {}
         write_predictions(run.modedir, "regression", ids, raw if labelled else [None] * len(ids), combined.reshape(-1, 1), None, None, extra_columns=extra)
         if labelled:
-            out_metrics = M.regression(parse_float_labels(raw, str(run.source.filepath)), combined)
+            out_metrics = M.regression(y, combined)
     else:
         enc = LabelEncoder(ens.classes)
         logp = np.log(np.clip(combined, 1e-12, None))
         extra = {f"fold_{n}_prob_{c}": p[:, j] for n, p in zip(ens.names, per_fold) for j, c in enumerate(ens.classes)} if len(per_fold) > 1 else {}
         write_predictions(run.modedir, "classification", ids, raw if labelled else [None] * len(ids), logp, None, enc, extra_columns=extra)
         if labelled:
-            y = enc.transform(raw, str(run.source.filepath))
             out_metrics = M.classification(y, combined, len(ens.classes))
     if out_metrics:
         write_json(run.modedir / "test_results.json", {f"test_{k}": v for k, v in out_metrics.items()})

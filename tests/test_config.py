@@ -156,3 +156,11 @@ def test_devsplits_list_of_lists(saluki):
     data = {"fine-tuning data source": {"crossvalidation": True, "splitpos": 2, "devsplits": [[1, 2], [3]], "testsplits": "[[4], [5]]"}}
     src = resolve("fine-tune", saluki, data).finetuning_source
     assert src.devsplits == [["1", "2"], ["3"]] and src.testsplits == [["4"], ["5"]] and src.crossvalidation is True
+
+
+def test_encoding_defaults_to_the_plugins_tokenizer_and_mismatch_is_an_error():
+    reg = get_registry()
+    assert resolve("tokenize", reg.plugin("geneformer"), {}).tokenization.encoding == "generank"
+    assert resolve("tokenize", reg.plugin("saluki"), {}).tokenization.encoding == "atomic"
+    with pytest.raises(ConfigError, match="tokenization.encoding"):
+        resolve("tokenize", reg.plugin("geneformer"), {"tokenization": {"encoding": "atomic"}})

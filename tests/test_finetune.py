@@ -181,3 +181,20 @@ def test_task_mismatch_and_missing_model(tmp_path, rna_file):
         _run("predict", cfg)
     with pytest.raises(ConfigError, match="labelpos"):
         _run("fine-tune", write_config(tmp_path / "d.yaml", rna_file, tmp_path / "o2", fine_tuning_data_source={"labelpos": None}))
+
+
+def test_predict_rejects_non_numeric_labels_before_writing(tmp_path, rna_file):
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", inference_data_source={"labelpos": 4}, inference_model={"pretrainedmodel": str(tmp_path / "out/fine-tune")})
+    _run("fine-tune", cfg)
+    with pytest.raises(DataError, match="not a number"):
+        _run("predict", cfg)
+    assert not (tmp_path / "out/predict/test_predictions.csv").exists()
+
+
+def test_a_pretrain_folder_is_not_a_fine_tuned_model(tmp_path, rna_file):
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "pt/config.json").write_text(json.dumps({"plugin": "lcl", "task": "pre-train"}))
+    (tmp_path / "pt/pytorch_model.bin").write_bytes(b"")
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", inference_model={"pretrainedmodel": str(tmp_path / "pt")})
+    with pytest.raises(BiolmError, match="not a fine-tuned one"):
+        _run("predict", cfg)

@@ -220,7 +220,7 @@ def test_pretrain_is_reproducible_and_resumes(pipe, tmp_path):
 def test_finetune_starts_from_pretrained_weights(pipe):
     log = pipe["finetune"].logfile.read_text()
     assert "starting from pre-trained weights" in log
-    assert "geneformer: loaded 37 encoder tensor(s)" in log  # embeddings (4) + 2 layers x 16 + ... all of bert.*
+    assert "pre-trained weights: loaded 37" in log  # embeddings (4) + 2 layers x 16 + ... all of bert.*
     sd = torch.load(pipe["finetune"].modedir / "0/pytorch_model.bin", weights_only=True)
     assert set(k.split(".")[0] for k in sd) == {"bert", "head"}
 

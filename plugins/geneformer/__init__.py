@@ -35,7 +35,6 @@ deletion, ``mask`` = MASK token in place, ``activate`` = gene moved to rank 1, `
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -352,12 +351,6 @@ def _make_input(tok: GenerankTokenizer, batch: dict, cfg: Any) -> dict:
 _CLASSES: tuple | None = None
 
 
-def _run_log() -> logging.Logger:
-    """The active run's logger (the core does not hand one to ``load_pretrained``)."""
-    active = [lg for name, lg in list(logging.Logger.manager.loggerDict.items()) if name.startswith("biolm.run.") and isinstance(lg, logging.Logger) and lg.handlers]
-    return active[-1] if active else logging.getLogger(__name__)
-
-
 def _model_classes() -> tuple:
     """The torch modules, defined on first use (torch is not imported with the plugin)."""
     global _CLASSES
@@ -428,7 +421,6 @@ def _model_classes() -> tuple:
                 raise DataError(str(weights), f"cannot read the weights: {type(exc).__name__}: {exc}") from None
             self.pretrained_from = str(weights)
             self.pretrained_report = report
-            _run_log().info("geneformer: loaded %d encoder tensor(s) from %s (%d skipped, e.g. the masked-LM head); the output head starts fresh", len(report["loaded"]), weights, len(report["skipped"]))
             return report
 
     for c in (GeneformerPretrainModel, GeneformerFinetuneModel):
