@@ -146,6 +146,27 @@ class EpochLog:
             state.log.info("fold %s epoch %d/%d: train loss %.5g  val loss %.5g  %s", state.fold, state.epoch + 1, state.nepochs, m.get("train_loss", float("nan")), m.get("val_loss", float("nan")), extra)
 
 
+class TensorBoard:
+    """Epoch metrics as tensorboard events in ``<fine-tune dir>/tboard/<fold>`` (when installed)."""
+
+    def __init__(self, logdir: Path):
+        from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
+
+        self.writer = SummaryWriter(str(logdir))
+
+    @hookimpl
+    def on_epoch_end(self, state: TrainState) -> None:
+        for k, v in state.metrics.items():
+            if isinstance(v, float) and math.isfinite(v):
+                self.writer.add_scalar(k, v, state.epoch)
+        self.writer.add_scalar("lr", state.optimizer.param_groups[0]["lr"], state.epoch)
+        self.writer.flush()
+
+    @hookimpl
+    def on_train_end(self, state: TrainState) -> None:
+        self.writer.close()
+
+
 def completed_checkpoints(folddir: Path) -> list[tuple[int, Path]]:
     out = []
     for p in folddir.glob("checkpoint-*"):
@@ -325,6 +346,13 @@ def train(
         else:
             log.info("fold %s: resume asked, but no checkpoint in %s: starting fresh", fold, folddir)
     internal = [EarlyStopping(patience), Checkpointer(), EpochLog()]
+    from .distributed import is_main
+
+    if is_main():
+        try:
+            internal.append(TensorBoard(folddir.parent / "tboard" / fold))
+        except ImportError:
+            pass
     for obj in internal:
         pm.register(obj)
     try:
