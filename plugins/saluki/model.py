@@ -1,0 +1,1060 @@
+"""Saluki (Agarwal & Kelley 2022) in plain torch, numerically matching calico/basenji's Keras model.
+
+Reimplements ``basenji/rnann.py`` (``RnaNN.build_model``, ``residual=False``, ``rnn_type="gru"``,
+one head) with the hyper-parameters of ``manuscripts/saluki/params.json`` as defaults::
+
+    x (B, L, C_in), channels-last, 3'-zero-padded
+      -> StochasticShift(0..augment_shift, training only)
+      -> Conv1D(filters, kernel_size, valid, no bias)
+      -> num_layers x [LayerNorm(ln_epsilon) -> act -> Conv1D(valid, bias) -> Dropout -> MaxPool(2)]
+      -> LayerNorm -> act -> GRU(filters), read from the last step to the first, final state
+      -> BatchNorm -> act -> Dense(filters) -> Dropout -> BatchNorm -> act -> Dense(num_outputs)
+
+Parameters are held in ordinary torch modules (``conv0``, ``blocks.<i>.ln``, ``blocks.<i>.conv``,
+``final_ln``, ``gru`` as an ``nn.GRU`` with gate order r, z, n, ``bn1``, ``dense1``, ``bn2``,
+``head``) so the ``state_dict`` looks like any torch model; :func:`load_keras_weights` maps Keras
+names and layouts onto them. The forward pass does not run those modules, though:
+
+* **Flat layout.** The batch is laid out as one long channels-last sequence ``(B * S, C)``, every
+  sample in its own slot of ``S`` rows (``S`` = the length rounded up to a multiple of
+  ``2 ** num_layers``, so every max-pool keeps slots aligned). Convolutions run over the whole
+  flat sequence as a single oneDNN channels-last convolution; the outputs that straddle two slots
+  are garbage rows that never reach a valid output and always receive a zero gradient. This
+  avoids every transpose/``.contiguous()`` copy, uses oneDNN's fastest (``nwc``) forward and
+  backward-data kernels and lets the weight gradient be ``kernel_size`` large GEMMs.
+* **Dropout + max-pool** is one autograd function that keeps one float per element for the
+  backward instead of a mask plus int64 argmax indices; the keep mask comes from NumPy's PCG64
+  (filled by parallel threads, seeded from torch's generator so ``torch.manual_seed`` still makes
+  training reproducible), because torch's CPU ``bernoulli_`` costs more than the convolution
+  it follows.
+* **GRU**: the input projection is one matmul over all steps; only the recurrence loops, in a
+  custom autograd function with a hand-written backward (no per-step autograd graph).
+* **Eval-mode padding shortcut** (exact): see :meth:`Saluki.forward`.
+
+Training-time details follow Keras where torch's defaults differ: BatchNorm's moving variance is
+updated with the *biased* batch variance, max-pool gradients go to the first of two tied inputs,
+and initialisation is Keras's (he_normal, orthogonal recurrent kernel, zero biases). Dropout
+keeps an element when a float32 uniform is >= p (resolution 2**-24).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Saluki",
+    "min_seq_length",
+    "trunk_lengths",
+    "gru_steps",
+    "load_keras_weights",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Lengths
+# ----------------------------------------------------------------------------------------------
+
+
+def trunk_lengths(seq_length: int, kernel_size: int = 5, num_layers: int = 6) -> list[int]:
+    """Time lengths after the first convolution and after each block's max-pool.
+
+    Parameters
+    ----------
+    seq_length, kernel_size, num_layers
+        Input length ``L`` and architecture.
+
+    Returns
+    -------
+    list of int
+        ``num_layers + 1`` lengths; the last one is the number of GRU steps (may be <= 0 when
+        ``seq_length`` is too short).
+    """
+    t = seq_length - kernel_size + 1
+    out = [t]
+    for _ in range(num_layers):
+        t = (t - kernel_size + 1) // 2
+        out.append(t)
+    return out
+
+
+def gru_steps(seq_length: int, kernel_size: int = 5, num_layers: int = 6) -> int:
+    """Number of GRU time steps for an input of ``seq_length`` (188 for 12288 with defaults)."""
+    return trunk_lengths(seq_length, kernel_size, num_layers)[-1]
+
+
+def min_seq_length(kernel_size: int = 5, num_layers: int = 6) -> int:
+    """Smallest input length (block size) that leaves at least one GRU step.
+
+    Walks the architecture backwards from one GRU step: a max-pool needs two inputs per output,
+    a valid convolution ``kernel_size - 1`` extra inputs. 320 for the defaults (5, 6).
+    """
+    if kernel_size < 1 or num_layers < 0:
+        raise ValueError(f"kernel_size must be >= 1 and num_layers >= 0, got {kernel_size}, {num_layers}")
+    m = 1
+    for _ in range(num_layers):
+        m = 2 * m + kernel_size - 1
+    return m + kernel_size - 1
+
+
+def _slot(length: int, num_layers: int) -> int:
+    """Slot stride of the flat layout: ``length`` rounded up to a multiple of ``2**num_layers``."""
+    q = 1 << num_layers
+    return -(-length // q) * q
+
+
+# ----------------------------------------------------------------------------------------------
+# Flat-layout primitives
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_cl4(x: torch.Tensor) -> torch.Tensor:
+    """View a contiguous ``(N, C)`` flat sequence as a ``(1, C, 1, N)`` channels-last image."""
+    n, c = x.shape
+    return x.as_strided((1, c, 1, n), (n * c, 1, n * c, c))
+
+
+def _from_cl4(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_as_cl4`: ``(1, C, 1, N)`` -> ``(N, C)`` (a view when channels-last)."""
+    y = y.contiguous(memory_format=torch.channels_last)
+    return y.permute(0, 2, 3, 1).reshape(y.shape[3], y.shape[1])
+
+
+def _cl4_weight(w: torch.Tensor) -> torch.Tensor:
+    """``(C_out, C_in, K)`` conv weight -> ``(C_out, C_in, 1, K)`` channels-last (oneDNN nwc path)."""
+    return w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+_DW_ROWS = 8192  # row block of the weight-gradient GEMMs (~2 MiB of G and X: about an L2)
+
+
+class _FlatConv(torch.autograd.Function):
+    """Valid 1-D cross-correlation over a flat channels-last sequence.
+
+    Forward and backward-data are oneDNN ``nwc`` kernels, which run near the matmul peak; its
+    ``nwc`` backward-weights kernel is several times slower than ``kernel_size`` GEMMs over the shifted
+    rows (``dW_k = G^T X[k:k+N]``), so the weight gradient is computed that way. ``grad_out``
+    must be zero on rows that are not valid outputs of some slot (the flat layout guarantees it).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        w4 = _cl4_weight(weight)
+        y = _from_cl4(F.conv2d(_as_cl4(x), w4, bias))
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        g = g.contiguous()
+        k = weight.shape[2]
+        n = g.shape[0]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            w4 = _cl4_weight(weight)
+            dx4 = torch.ops.aten.convolution_backward(
+                _as_cl4(g), _as_cl4(x), w4, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                [True, False, False],
+            )[0]
+            dx = _from_cl4(dx4)
+        if ctx.needs_input_grad[1]:
+            cout, cin, _ = weight.shape
+            if cin < 16:
+                # few input channels (the one-hot input): one GEMM on copied windows beats
+                # kernel_size GEMMs with a tiny output width
+                cols = x.as_strided((n, k * cin), (cin, 1)).contiguous()
+                dw = (cols.t() @ g).view(k, cin, cout).permute(2, 1, 0)
+            else:
+                # dW_k = X[k:k+n]^T G, blocked over rows so that a block of G and X stays in
+                # cache for all k taps (five passes over cold activations are memory-bound)
+                dwk = g.new_zeros(k, cin, cout)
+                for s0 in range(0, n, _DW_ROWS):
+                    s1 = min(s0 + _DW_ROWS, n)
+                    gb = g[s0:s1]
+                    for j in range(k):
+                        dwk[j].addmm_(x[s0 + j:s1 + j].t(), gb)
+                dw = dwk.permute(2, 1, 0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum(0)
+        return dx, dw, db
+
+
+_RNG_CHUNKS = 8  # fixed, so masks do not depend on the thread count
+_rng_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _rng_executor(workers: int) -> ThreadPoolExecutor:
+    global _rng_pool
+    pid = os.getpid()
+    if _rng_pool is None or _rng_pool[0] != pid or _rng_pool[1] != workers:
+        # a pool inherited through fork has no threads behind it: make a new one
+        _rng_pool = (pid, workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saluki-rng"))
+    return _rng_pool[2]
+
+
+_scratch = threading.local()
+
+
+def _uniform(shape: tuple[int, ...], like: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+    """U[0, 1) float tensor of ``shape`` on ``like``'s device and dtype.
+
+    On CPU the numbers come from NumPy's PCG64 (float32 fill is several times faster than torch's
+    mt19937 ``bernoulli_``/``rand``), in fixed chunks filled by parallel threads (NumPy releases
+    the GIL), each chunk seeded from one draw of torch's global generator, so
+    ``torch.manual_seed`` keeps training reproducible for any thread count. With ``scratch`` the
+    result lives in a per-thread buffer that the next call overwrites (saves page faults).
+    """
+    if like.device.type != "cpu":
+        return torch.rand(shape, device=like.device, dtype=like.dtype)
+    n = math.prod(shape)
+    if scratch and like.dtype == torch.float32:
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or buf.size < n:
+            buf = _scratch.buf = np.empty(n, dtype=np.float32)
+        out = buf[:n]
+    else:
+        out = np.empty(n, dtype=np.float32)
+    seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+    chunks = max(1, min(_RNG_CHUNKS, n // 65536))
+    seqs = np.random.SeedSequence(seed).spawn(chunks)
+    bounds = [n * i // chunks for i in range(chunks + 1)]
+
+    def fill(i: int) -> None:
+        np.random.Generator(np.random.PCG64(seqs[i])).random(
+            out=out[bounds[i]: bounds[i + 1]], dtype=np.float32)
+
+    workers = min(chunks, torch.get_num_threads())
+    if workers > 1:
+        list(_rng_executor(workers).map(fill, range(chunks)))
+    else:
+        for i in range(chunks):
+            fill(i)
+    return torch.from_numpy(out).view(shape).to(like.dtype)
+
+
+def _pair_keep_mask(pairs: int, channels: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """Independent Bernoulli(1 - p) float {0, 1} keep masks for both elements of every pair.
+
+    Returns
+    -------
+    (pairs, 2, channels)
+
+    Notes
+    -----
+    One uniform ``u`` per pair decides both elements: with ``q = 1 - p`` the first is kept when
+    ``u <= q`` and the second when ``|u - c| <= q / 2``, ``c = q (1 - q) + q / 2``. The two
+    intervals overlap by exactly ``q**2``, so the pair is distributed as two independent draws
+    while the random-number cost (the dominant one) halves.
+    """
+    q = 1.0 - p
+    u = _uniform((pairs, channels), like, scratch=True)
+    m = u.new_empty(pairs, 2, channels)
+    # floor(1 + t) for t in (-1, 1) is the indicator of t >= 0, without bool tensors (their casts
+    # and masked ops take slow paths on CPU)
+    torch.sub(1.0 + q, u, out=m[:, 0]).floor_()
+    torch.sub(1.0 + 0.5 * q, u.sub_(q * (1.0 - q) + 0.5 * q).abs_(), out=m[:, 1]).floor_()
+    return m
+
+
+class _DropMaxPool(torch.autograd.Function):
+    """``MaxPool1D(2)(Dropout(p)(y))`` on a flat ``(N, C)`` sequence -> ``(N // 2, C)``.
+
+    Saves one float weight per input element (its share of the output gradient: the dropout
+    scale if it was the kept maximum of its pair, else 0) instead of a dropout mask plus int64
+    argmax indices. Ties go to the first element of the pair, like TensorFlow's MaxPool gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, p: float, scratch: bool = False) -> torch.Tensor:
+        n2, c = y.shape[0] // 2, y.shape[1]
+        yp = y[: 2 * n2].view(n2, 2, c)
+        # scratch=True: y is a temporary nobody else references (the conv output) and is
+        # overwritten; torch has no CPU caching allocator, so every fresh large tensor costs
+        # page faults
+        if not scratch:
+            yp = yp.clone()
+        if p > 0.0:
+            w = _pair_keep_mask(n2, c, p, y)
+            z = yp.mul_(w)
+        else:
+            w = torch.ones((n2, 2, c), dtype=y.dtype, device=y.device)
+            z = yp
+        ze, zo = z[:, 0], z[:, 1]
+        out = torch.maximum(ze, zo)
+        # 1 where the second element is strictly larger (ties go to the first); float ops only,
+        # as heaviside and bool masks take slow non-vectorised paths on CPU
+        second = zo.sub_(ze).sign_().relu_()
+        w[:, 1].mul_(second)
+        w[:, 0].addcmul_(w[:, 0], second, value=-1.0)
+        if p > 0.0:
+            scale = 1.0 / (1.0 - p)
+            out.mul_(scale)
+        else:
+            scale = 1.0
+        ctx.save_for_backward(w)
+        ctx.n = y.shape[0]
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (w,) = ctx.saved_tensors
+        n2, _, c = w.shape
+        gy = g.new_empty(ctx.n, c)
+        gs = g * ctx.scale if ctx.scale != 1.0 else g
+        torch.mul(w, gs.unsqueeze(1), out=gy[: 2 * n2].view(n2, 2, c))
+        if ctx.n > 2 * n2:
+            gy[2 * n2:].zero_()
+        return gy, None, None
+
+
+def _max_pool_pairs(y: torch.Tensor) -> torch.Tensor:
+    """Eval-mode ``MaxPool1D(2)`` on a flat ``(N, C)`` sequence -> ``(N // 2, C)``; ``y`` is a
+    temporary that may be overwritten."""
+    if torch.is_grad_enabled() and y.requires_grad:
+        # keeps TensorFlow's first-index tie rule for the gradient (torch.maximum splits ties)
+        return _DropMaxPool.apply(y, 0.0, True)
+    n2 = y.shape[0] // 2
+    yp = y[: 2 * n2].view(n2, 2, y.shape[1])
+    return torch.maximum(yp[:, 0], yp[:, 1])
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run tiny matmuls single-threaded: MKL splits even a (32 x 64) @ (64 x 192) product over
+    the OpenMP team, whose barrier costs more than the product (milliseconds per step when
+    another process holds a core)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _gru_loop(xp: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
+              backwards: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRU recurrence (no autograd). Shapes as in :class:`_GRURecurrence`.
+
+    Returns
+    -------
+    hs : (T + 1, B, H)
+        States before the first and after every step, in reading order.
+    hp : (T, B, 3H)
+        ``h @ W_hh^T + b_hh`` per step.
+    rz : (T, B, 2H)
+        Reset and update gates.
+    n : (T, B, H)
+        Candidate states.
+    """
+    bsz, steps, three_h = xp.shape
+    hid = three_h // 3
+    order = range(steps - 1, -1, -1) if backwards else range(steps)
+    w_t = w_hh.t()
+    hs = h0.new_empty(steps + 1, bsz, hid)
+    hp = h0.new_empty(steps, bsz, three_h)
+    rz = h0.new_empty(steps, bsz, 2 * hid)
+    n = h0.new_empty(steps, bsz, hid)
+    hs[0] = h0.expand(bsz, hid)
+    with _one_thread():
+        for i, t in enumerate(order):
+            x_t = xp[:, t]
+            torch.addmm(b_hh, hs[i], w_t, out=hp[i])
+            torch.add(x_t[:, : 2 * hid], hp[i, :, : 2 * hid], out=rz[i]).sigmoid_()
+            torch.addcmul(x_t[:, 2 * hid:], rz[i, :, :hid], hp[i, :, 2 * hid:], out=n[i]).tanh_()
+            torch.lerp(n[i], hs[i], rz[i, :, hid:], out=hs[i + 1])
+    return hs, hp, rz, n
+
+
+class _GRURecurrence(torch.autograd.Function):
+    """The recurrent half of a GRU (``reset_after`` form) given precomputed input projections.
+
+    Parameters (of ``forward``)
+    ---------------------------
+    xp : (B, T, 3H)
+        ``x_t @ W_ih^T + b_ih`` for every step, gate blocks ``[r | z | n]`` (torch order).
+        May be an expanded (stride-0) tensor.
+    w_hh : (3H, H), b_hh : (3H,)
+        Recurrent weight and bias, torch layout.
+    h0 : (B, H)
+        Initial state.
+    backwards : bool
+        Read ``t = T-1 .. 0`` (Keras ``go_backwards``) instead of ``0 .. T-1``.
+
+    Returns
+    -------
+    (B, H)
+        The state after the last step read.
+    """
+
+    @staticmethod
+    def forward(ctx, xp, w_hh, b_hh, h0, backwards: bool):
+        hs, hp, rz, nn_ = _gru_loop(xp, w_hh, b_hh, h0, backwards)
+        ctx.save_for_backward(w_hh, hs, hp, rz, nn_)
+        ctx.backwards = backwards
+        ctx.xp_shape = xp.shape
+        ctx.h0_shape = h0.shape
+        return hs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, dh):
+        with _one_thread():  # every tensor here is small
+            return _GRURecurrence._backward(ctx, dh)
+
+    @staticmethod
+    def _backward(ctx, dh):
+        w_hh, hs, hp, rz, n = ctx.saved_tensors
+        bsz, steps, three_h = ctx.xp_shape
+        hid = three_h // 3
+        r, z = rz[..., :hid], rz[..., hid:]
+        # per-step chain-rule factors, vectorised over all steps so the loop stays short:
+        # dn_pre = dh * a_n, dz_pre = dh * a_z, dr_pre = dn_pre * a_r
+        a_n = (1.0 - z) * (1.0 - n * n)
+        a_z = (hs[:steps] - n) * z * (1.0 - z)
+        a_r = hp[..., 2 * hid:] * r * (1.0 - r)
+        dhp = dh.new_empty(steps, bsz, three_h)  # d(h @ W_hh^T + b_hh), blocks [r | z | n]
+        dn = dh.new_empty(steps, bsz, hid)  # d(n pre-activation) = d(xp_n)
+        dh = dh.contiguous()
+        for i in range(steps - 1, -1, -1):
+            torch.mul(dh, a_n[i], out=dn[i])
+            torch.mul(dh, a_z[i], out=dhp[i, :, hid: 2 * hid])
+            torch.mul(dn[i], a_r[i], out=dhp[i, :, :hid])
+            torch.mul(dn[i], r[i], out=dhp[i, :, 2 * hid:])
+            dh = torch.addmm(dh * z[i], dhp[i], w_hh)
+        dxp = dw = db = dh0 = None
+        if ctx.needs_input_grad[0]:
+            dpre = torch.cat([dhp[..., : 2 * hid], dn], dim=2).transpose(0, 1)  # reading order
+            dxp = dpre.flip(1) if ctx.backwards else dpre
+        if ctx.needs_input_grad[1]:
+            dw = dhp.view(steps * bsz, three_h).t() @ hs[:steps].reshape(steps * bsz, hid)
+        if ctx.needs_input_grad[2]:
+            db = dhp.sum((0, 1))
+        if ctx.needs_input_grad[3]:
+            dh0 = dh.sum_to_size(ctx.h0_shape)
+        return dxp, dw, db, dh0, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Small modules
+# ----------------------------------------------------------------------------------------------
+
+
+def _basenji_gelu(x: torch.Tensor) -> torch.Tensor:
+    # basenji.layers.GELU is the sigmoid approximation, not the erf form
+    return torch.sigmoid(1.702 * x) * x
+
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": _basenji_gelu,
+    "linear": lambda x: x,
+}
+
+
+class _KerasBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d whose moving variance follows Keras: updated with the *biased* batch variance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=0, correction=0)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var, self.momentum)
+            self.num_batches_tracked += 1
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+class _Block(nn.Module):
+    def __init__(self, filters: int, kernel_size: int, ln_epsilon: float):
+        super().__init__()
+        self.ln = nn.LayerNorm(filters, eps=ln_epsilon)
+        self.conv = nn.Conv1d(filters, filters, kernel_size)
+
+
+def _he_normal_(w: torch.Tensor, fan_in: int) -> None:
+    # Keras he_normal: truncated normal (2 std) scaled so the *truncated* std is sqrt(2 / fan_in)
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(w, 0.0, std, -2.0 * std, 2.0 * std)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+
+class Saluki(nn.Module):
+    """Saluki CNN + GRU (Agarwal & Kelley 2022), Keras-exact in eval mode.
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels ``C_in`` (6 in the paper: A, C, G, T, coding frame, splice).
+    seq_length : int
+        Block size the model is built for (12288 in the paper). Must be at least
+        :func:`min_seq_length` ``(kernel_size, num_layers)``. ``forward`` accepts any length
+        that is long enough; ``seq_length`` is the default the plugin pads to.
+    filters, kernel_size, num_layers, dropout, ln_epsilon
+        As in ``params.json`` (64, 5, 6, 0.3, 0.007).
+    bn_momentum : float
+        Keras convention (moving = momentum * moving + (1 - momentum) * batch); the torch
+        ``BatchNorm1d.momentum`` is ``1 - bn_momentum``.
+    bn_epsilon : float
+        BatchNorm epsilon (Keras default 1e-3).
+    augment_shift : int
+        Training-only ``StochasticShift(augment_shift, symmetric=False)``: one shift
+        ``s ~ U{0..augment_shift}`` per batch moves every sequence ``s`` rows to the 3' side,
+        zero-filling the first ``s`` rows and dropping the last ``s``.
+    go_backwards : bool
+        The GRU reads from the last step to the first (Keras ``go_backwards=True``).
+    num_outputs : int
+        Width of the final Dense.
+    activation : {"relu", "gelu", "linear"}
+        Activation after every norm ("gelu" is basenji's ``sigmoid(1.702 x) x``).
+    l2_scale : float
+        Keras ``l2`` kernel regulariser weight; see :meth:`l2_penalty`.
+    eval_shortcut : bool
+        Use the exact padding shortcut in eval mode (see :meth:`forward`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        seq_length: int = 12288,
+        filters: int = 64,
+        kernel_size: int = 5,
+        num_layers: int = 6,
+        dropout: float = 0.3,
+        ln_epsilon: float = 0.007,
+        bn_momentum: float = 0.9,
+        bn_epsilon: float = 1e-3,
+        augment_shift: int = 3,
+        go_backwards: bool = True,
+        num_outputs: int = 1,
+        activation: str = "relu",
+        l2_scale: float = 0.0,
+        eval_shortcut: bool = True,
+    ):
+        super().__init__()
+        if in_channels < 1 or filters < 1 or num_outputs < 1:
+            raise ValueError(
+                f"in_channels, filters and num_outputs must be >= 1, got {in_channels}, {filters}, {num_outputs}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {bn_momentum}")
+        if augment_shift < 0:
+            raise ValueError(f"augment_shift must be >= 0, got {augment_shift}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        lmin = min_seq_length(kernel_size, num_layers)
+        if seq_length < lmin:
+            raise ValueError(
+                f"seq_length {seq_length} is too short for kernel_size={kernel_size}, "
+                f"num_layers={num_layers}: at least {lmin} is needed for one GRU step")
+        self.in_channels = in_channels
+        self.seq_length = seq_length
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.ln_epsilon = ln_epsilon
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.augment_shift = augment_shift
+        self.go_backwards = go_backwards
+        self.num_outputs = num_outputs
+        self.activation = activation
+        self.l2_scale = l2_scale
+        self.eval_shortcut = eval_shortcut
+
+        self.conv0 = nn.Conv1d(in_channels, filters, kernel_size, bias=False)
+        self.blocks = nn.ModuleList(_Block(filters, kernel_size, ln_epsilon) for _ in range(num_layers))
+        self.final_ln = nn.LayerNorm(filters, eps=ln_epsilon)
+        self.gru = nn.GRU(filters, filters, batch_first=True)
+        self.bn1 = _KerasBatchNorm(filters, eps=bn_epsilon, momentum=1.0 - bn_momentum)
+        self.dense1 = nn.Linear(filters, filters)
+        self.bn2 = _KerasBatchNorm(filters, eps=bn_epsilon, momentum=1.0 - bn_momentum)
+        self.head = nn.Linear(filters, num_outputs)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+
+    @staticmethod
+    def min_seq_length(kernel_size: int = 5, num_layers: int = 6) -> int:
+        """See :func:`min_seq_length`."""
+        return min_seq_length(kernel_size, num_layers)
+
+    def reset_parameters(self) -> None:
+        """Keras initialisation as in ``RnaNN``: he_normal kernels, orthogonal recurrent kernel, zero biases."""
+        k = self.kernel_size
+        with torch.no_grad():
+            _he_normal_(self.conv0.weight, k * self.in_channels)
+            for blk in self.blocks:
+                _he_normal_(blk.conv.weight, k * self.filters)
+                blk.conv.bias.zero_()
+                blk.ln.reset_parameters()
+            self.final_ln.reset_parameters()
+            _he_normal_(self.gru.weight_ih_l0, self.filters)
+            nn.init.orthogonal_(self.gru.weight_hh_l0)
+            self.gru.bias_ih_l0.zero_()
+            self.gru.bias_hh_l0.zero_()
+            for bn in (self.bn1, self.bn2):
+                bn.reset_parameters()
+            for lin in (self.dense1, self.head):
+                _he_normal_(lin.weight, lin.in_features)
+                lin.bias.zero_()
+
+    def l2_penalty(self) -> torch.Tensor:
+        """Keras ``l2(l2_scale)`` regularisation loss: ``l2_scale * sum(w**2)`` over the conv
+        kernels, the GRU input kernel and the dense (not head) kernel, as in ``RnaNN``."""
+        ws = [self.conv0.weight, self.gru.weight_ih_l0, self.dense1.weight]
+        ws += [blk.conv.weight for blk in self.blocks]
+        return self.l2_scale * sum(w.square().sum() for w in ws)
+
+    def gru_steps(self, seq_length: int | None = None) -> int:
+        """GRU steps for an input of ``seq_length`` (default: the model's)."""
+        return gru_steps(seq_length or self.seq_length, self.kernel_size, self.num_layers)
+
+    # ------------------------------------------------------------------ pieces
+
+    def _act_(self, x: torch.Tensor) -> torch.Tensor:
+        # the norm output is a fresh tensor nobody saved, so relu may overwrite it
+        if self.activation == "relu":
+            return x.relu_()
+        return _ACTIVATIONS[self.activation](x)
+
+    def _norm_act(self, h: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+        return self._act_(F.layer_norm(h, (self.filters,), ln.weight, ln.bias, self.ln_epsilon))
+
+    def _flat_input(self, x: torch.Tensor, slot: int, shift: int) -> torch.Tensor:
+        """(B, L, C_in) -> (B * slot, C_in): optional 3'-ward shift, zero-fill each slot's tail."""
+        bsz, length, cin = x.shape
+        if shift:
+            x = F.pad(x[:, : length - shift], (0, 0, shift, 0))
+        if slot > length:
+            x = F.pad(x, (0, 0, 0, slot - length))
+        return x.reshape(bsz * slot, cin)
+
+    @staticmethod
+    def _unflat(h: torch.Tensor, bsz: int, slot: int, valid: int) -> torch.Tensor:
+        """Valid rows of every slot of a flat ``(N, C)`` sequence -> ``(B, valid, C)``."""
+        need = bsz * slot
+        if h.shape[0] < need:
+            h = F.pad(h, (0, 0, 0, need - h.shape[0]))
+        return h[:need].view(bsz, slot, h.shape[1])[:, :valid]
+
+    def _trunk_flat(self, h: torch.Tensor, record: Callable[[str, torch.Tensor, int], None] | None = None
+                    ) -> torch.Tensor:
+        """Convolutional trunk + final norm on a flat sequence.
+
+        Parameters
+        ----------
+        h : (N, C_in)
+            Samples in consecutive slots whose lengths are multiples of ``2**num_layers``.
+        record : callable, optional
+            Called as ``record(name, flat_activation, depth)`` after the first conv (depth 0) and
+            after every block (depth i + 1); slot lengths at depth d are divided by ``2**d``.
+
+        Returns
+        -------
+        (N_out, filters)
+            Flat GRU input; slot ``s`` at depth 0 maps to rows ``s / 2**num_layers``.
+        """
+        h = _FlatConv.apply(h, self.conv0.weight, None)
+        if record is not None:
+            record("conv0_out", h, 0)
+        drop = self.dropout if self.training else 0.0
+        for i, blk in enumerate(self.blocks):
+            a = self._norm_act(h, blk.ln)
+            y = _FlatConv.apply(a, blk.conv.weight, blk.conv.bias)
+            h = _DropMaxPool.apply(y, drop, True) if drop > 0.0 else _max_pool_pairs(y)
+            if record is not None:
+                record(f"block{i}_out", h, i + 1)
+        return self._norm_act(h, self.final_ln)
+
+    def _trunk(self, x: torch.Tensor, record: dict | None = None, shift: int = 0) -> torch.Tensor:
+        """Trunk over equal slots: (B, L, C_in) -> GRU input (B, T_gru, filters)."""
+        bsz, length, _ = x.shape
+        slot = _slot(length, self.num_layers)
+        lens = trunk_lengths(length, self.kernel_size, self.num_layers)
+        rec = None
+        if record is not None:
+            def rec(name: str, h: torch.Tensor, depth: int) -> None:
+                record[name] = self._unflat(h, bsz, slot >> depth, lens[depth])
+        h = self._trunk_flat(self._flat_input(x, slot, shift), rec)
+        return self._unflat(h, bsz, slot >> self.num_layers, lens[-1])
+
+    def _gru(self, seq: torch.Tensor, h0: torch.Tensor | None = None,
+             backwards: bool | None = None) -> torch.Tensor:
+        """GRU final state. seq: (B, T, H) or (1 or B, T, 3H) projections via ``proj``."""
+        xp = F.linear(seq, self.gru.weight_ih_l0, self.gru.bias_ih_l0)
+        return self._recur(xp, h0, backwards)
+
+    def _recur(self, xp: torch.Tensor, h0: torch.Tensor | None, backwards: bool | None) -> torch.Tensor:
+        if h0 is None:
+            h0 = xp.new_zeros(xp.shape[0], self.filters)
+        if xp.shape[1] == 0:
+            return h0.expand(xp.shape[0], self.filters)
+        bw = self.go_backwards if backwards is None else backwards
+        return _GRURecurrence.apply(xp, self.gru.weight_hh_l0, self.gru.bias_hh_l0, h0, bw)
+
+    def _head(self, state: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        act = _ACTIVATIONS[self.activation]
+        h = act(self.bn1(state))
+        if record is not None:
+            record["bn1_relu_out"] = h
+        h = self.dense1(h)
+        if record is not None:
+            record["dense1_out"] = h
+        h = F.dropout(h, self.dropout, self.training)
+        h = act(self.bn2(h))
+        if record is not None:
+            record["penultimate"] = h
+        return self.head(h)
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[2] != self.in_channels:
+            raise ValueError(f"expected x of shape (B, L, {self.in_channels}), got {tuple(x.shape)}")
+        lmin = min_seq_length(self.kernel_size, self.num_layers)
+        if x.shape[1] < lmin:
+            raise ValueError(
+                f"input length {x.shape[1]} is too short for kernel_size={self.kernel_size}, "
+                f"num_layers={self.num_layers}: at least {lmin} is needed for one GRU step")
+        return x.to(self.conv0.weight.dtype)
+
+    # ------------------------------------------------------------------ eval shortcut
+
+    def effective_lengths(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample length beyond which every input row is zero.
+
+        Returns ``max(lengths, 1 + last non-zero row)`` (just the latter without ``lengths``), so a
+        ``lengths`` that is too short can never make the shortcut differ from the full model.
+
+        Parameters
+        ----------
+        x : (B, L, C_in)
+        lengths : (B,) int, optional
+
+        Returns
+        -------
+        (B,) int64
+        """
+        bsz, length, cin = x.shape
+        # row |x| sums by matmul: reductions over a 6-wide inner dim are slow on CPU; a sum of
+        # absolute values is 0 only for an all-zero row (NaN and inf stay non-zero)
+        mag = x.detach().reshape(bsz * length, cin).abs() @ x.new_ones(cin, 1)
+        nonzero = (mag != 0).view(bsz, length)
+        pos = torch.arange(1, length + 1, device=x.device)
+        ell = torch.where(nonzero, pos, 0).amax(dim=1)
+        if lengths is not None:
+            ell = torch.maximum(ell, torch.as_tensor(lengths, device=x.device).to(torch.int64).clamp(max=x.shape[1]))
+        return ell
+
+    def _padding_constants(self) -> list[torch.Tensor]:
+        """Eval-mode activations of pure zero padding where the packed trunk needs them.
+
+        Returns
+        -------
+        list
+            ``[input (C_in,), conv0 output, block 0 .. num_layers - 2 outputs, GRU input]``, the
+            last ones ``(filters,)``: the value at any position whose receptive field is padding.
+        """
+        lmin = min_seq_length(self.kernel_size, self.num_layers)
+        zeros = self.conv0.weight.new_zeros(_slot(lmin, self.num_layers), self.in_channels)
+        rec: dict[str, torch.Tensor] = {}
+        gru_in = self._trunk_flat(zeros, lambda name, h, depth: rec.__setitem__(name, h[0]))
+        consts = [zeros[0], rec["conv0_out"]]
+        consts += [rec[f"block{i}_out"] for i in range(self.num_layers - 1)]
+        return consts + [gru_in[0]]
+
+    def pad_column(self) -> torch.Tensor:
+        """GRU input at a position whose whole receptive field is zero padding (eval mode).
+
+        Returns
+        -------
+        (filters,)
+        """
+        return self._padding_constants()[-1]
+
+    def _padding_trajectory(self, steps: int):
+        """Padding constants (see :meth:`_padding_constants`), the GRU input projection of the
+        padding column (3 * filters,) and, when the GRU reads backwards, its states
+        (steps + 1, 1, filters) after 0..steps padding steps.
+
+        Cached while no parameter changes (keyed on parameter identities and versions), as
+        prediction runs batch after batch with the same weights; not cached under autograd.
+        """
+        key = (steps, tuple((id(p), p._version) for p in self.parameters()))
+        cache = getattr(self, "_pad_cache", None)
+        grad = torch.is_grad_enabled()
+        if not grad and cache is not None and cache[0] == key:
+            return cache[1]
+        consts = self._padding_constants()
+        xpc = F.linear(consts[-1], self.gru.weight_ih_l0, self.gru.bias_ih_l0)
+        hs = None
+        if self.go_backwards:
+            with torch.no_grad():
+                hs = _gru_loop(xpc.view(1, 1, -1).expand(1, steps, xpc.shape[0]), self.gru.weight_hh_l0,
+                               self.gru.bias_hh_l0, xpc.new_zeros(1, self.filters), True)[0]
+        if not grad:
+            self._pad_cache = (key, (consts, xpc, hs))
+        return consts, xpc, hs
+
+    def _repack(self, src: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, full: int,
+                const: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather every sample's data-dependent rows into a packed flat sequence.
+
+        Sample ``b`` gets rows ``src[starts[b] : starts[b] + counts[b]]`` followed, unless it
+        already covers the layer (``counts[b] == full``), by ``kernel_size`` rows of ``const``
+        (the padding's activation at this layer: what the full model has there), and one more
+        to keep slots even so that max-pool pairs never straddle two samples.
+
+        Returns
+        -------
+        flat : (sum of slots, C)
+        offsets : (B,) int64
+            Slot starts in ``flat``.
+        """
+        k = self.kernel_size
+        slots = counts + torch.where(counts < full, k, 0)
+        slots += slots % 2
+        offsets = torch.cumsum(slots, 0) - slots
+        owner = torch.repeat_interleave(torch.arange(len(slots)), slots)
+        local = torch.arange(owner.shape[0]) - offsets[owner]
+        data = local < counts[owner]
+        idx = torch.where(data, starts[owner] + local, 0).to(src.device)
+        flat = src.index_select(0, idx)
+        fill = torch.nonzero(~data).squeeze(1).to(src.device)
+        flat.index_copy_(0, fill, const.to(flat.dtype).expand(fill.shape[0], -1).contiguous())
+        return flat, offsets
+
+    def _packed_trunk(self, x: torch.Tensor, ell: torch.Tensor, consts: list[torch.Tensor]):
+        """Trunk over only the data-dependent positions of every sample (eval mode).
+
+        At every layer a sample keeps the positions that depend on its ``ell`` data rows plus
+        ``kernel_size`` copies of the padding constant, which is all the next valid convolution
+        needs: the padding's own receptive-field overhang (~256 input rows) is never computed.
+
+        Returns
+        -------
+        h : (N, filters)
+            Packed GRU inputs.
+        starts, counts : (B,) int64
+            Each sample's first row in ``h`` and number of data-dependent GRU steps.
+        """
+        bsz, length, cin = x.shape
+        lens = trunk_lengths(length, self.kernel_size, self.num_layers)
+        counts = ell.clamp(max=length)
+        flat, starts = self._repack(x.reshape(bsz * length, cin), torch.arange(bsz) * length, counts,
+                                    length, consts[0])
+        src = _FlatConv.apply(flat, self.conv0.weight, None)
+        counts = counts.clamp(max=lens[0])
+        for j, blk in enumerate(self.blocks):
+            flat, offsets = self._repack(src, starts, counts, lens[j], consts[j + 1])
+            a = self._norm_act(flat, blk.ln)
+            src = _max_pool_pairs(_FlatConv.apply(a, blk.conv.weight, blk.conv.bias))
+            starts = offsets // 2
+            counts = torch.clamp((counts + 1) // 2, max=lens[j + 1])
+        return self._norm_act(src, self.final_ln), starts, counts
+
+    def _forward_shortcut(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
+        """GRU final state (B, filters) via the padding shortcut; None when it saves little."""
+        bsz, length, _ = x.shape
+        steps = gru_steps(length, self.kernel_size, self.num_layers)
+        ell = self.effective_lengths(x, lengths).cpu()
+        rows = int(torch.clamp(ell + self.kernel_size + 1, max=length).sum())
+        if rows > 0.9 * bsz * length:
+            return None
+        consts, xpc, hs = self._padding_trajectory(steps)
+        h, starts, q = self._packed_trunk(x, ell, consts)
+        qmax = int(q.max())
+        # steps past a sample's q see only padding in the full model: fill them with the
+        # padding column (one extra row) so the batch can run qmax steps together
+        j = torch.arange(qmax).unsqueeze(0)
+        idx = torch.where(j < q.unsqueeze(1), starts.unsqueeze(1) + j, h.shape[0])
+        seq = torch.cat([h, consts[-1].unsqueeze(0)]).index_select(0, idx.reshape(-1).to(h.device))
+        xp = F.linear(seq.view(bsz, qmax, self.filters), self.gru.weight_ih_l0, self.gru.bias_ih_l0)
+        tail = steps - qmax
+        xpc = xpc.view(1, 1, -1)
+        if self.go_backwards:
+            # the padded tail is read first and is the same for every sample
+            if torch.is_grad_enabled():
+                h0 = self._recur(xpc.expand(1, tail, xpc.shape[2]), None, True)
+            else:
+                h0 = hs[tail]
+            return self._recur(xp, h0.expand(bsz, self.filters), True)
+        state = self._recur(xp, None, False)
+        return self._recur(xpc.expand(bsz, tail, xpc.shape[2]), state, False)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                shortcut: bool | None = None) -> torch.Tensor:
+        """Predict.
+
+        Parameters
+        ----------
+        x : (B, L, in_channels) float
+            Channels-last one-hot (+ extra channels), zero-padded at the 3' end.
+            ``L >= min_seq_length(kernel_size, num_layers)``.
+        lengths : (B,) int64, optional
+            Real lengths. Only used in eval mode, as a lower bound: the shortcut always also
+            looks for trailing all-zero rows itself (see :meth:`effective_lengths`).
+        shortcut : bool, optional
+            Override ``self.eval_shortcut``.
+
+        Returns
+        -------
+        (B, num_outputs)
+
+        Notes
+        -----
+        Eval-mode shortcut (exact, within float rounding): without dropout or shift, every
+        position whose receptive field is pure zero padding has the same activation at each
+        layer, and so has every GRU step past the ones that see data. Each sample therefore gets
+        only the shortest prefix that holds all its data-dependent GRU steps (about its length
+        + 256 rows for the defaults, rounded up to 64), the prefixes are packed back to back in
+        the flat layout, and the trunk runs once over the packed rows: the cost follows the
+        sum of the real lengths, not ``B * L``. The remaining GRU steps all read one constant
+        column, computed from a tiny all-zero input; with ``go_backwards`` they are read first,
+        so they run once with batch size 1 and the batch continues from that state. Lengths
+        come from :meth:`effective_lengths` (trailing all-zero rows, or ``lengths`` if larger).
+        """
+        x = self._check_input(x)
+        use_shortcut = self.eval_shortcut if shortcut is None else shortcut
+        if not self.training and use_shortcut:
+            state = self._forward_shortcut(x, lengths)
+            if state is not None:
+                return self._head(state)
+        return self._head(self._gru(self._full_trunk(x)))
+
+    def _draw_shift(self) -> int:
+        """basenji ``StochasticShift(augment_shift, symmetric=False)``: one shift for the whole
+        batch, uniform on ``0 .. augment_shift`` in training, 0 in eval."""
+        if self.training and self.augment_shift > 0:
+            return int(torch.randint(0, self.augment_shift + 1, ()).item())
+        return 0
+
+    def _full_trunk(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        return self._trunk(x, record, shift=self._draw_shift())
+
+    def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Full-length forward that also returns every intermediate activation (channels-last).
+
+        Parameters
+        ----------
+        x : (B, L, in_channels)
+
+        Returns
+        -------
+        dict
+            ``conv0_out`` (B, L-K+1, F); ``block{i}_out`` (B, T_i, F) after each max-pool;
+            ``gru_in`` (B, T, F); ``gru_state``, ``bn1_relu_out``, ``dense1_out``,
+            ``penultimate`` (B, F); ``pred`` (B, num_outputs). Names as in the Keras fixture.
+        """
+        x = self._check_input(x)
+        rec: dict[str, torch.Tensor] = {}
+        seq = self._full_trunk(x, rec)
+        rec["gru_in"] = seq
+        rec["gru_state"] = self._gru(seq)
+        rec["pred"] = self._head(rec["gru_state"], rec)
+        return rec
+
+
+# ----------------------------------------------------------------------------------------------
+# Keras weights
+# ----------------------------------------------------------------------------------------------
+
+
+def _keras_gru_to_torch(m: np.ndarray, hid: int) -> np.ndarray:
+    """Keras (in, 3H) columns [z | r | h] -> torch (3H, in) rows [r | z | n]."""
+    z, r, h = m[..., :hid], m[..., hid: 2 * hid], m[..., 2 * hid:]
+    return np.concatenate([r, z, h], axis=-1).T
+
+
+def load_keras_weights(model: Saluki, weights: Mapping[str, np.ndarray]) -> None:
+    """Copy weights of the Keras ``RnaNN`` (fixture names, Keras layouts) into ``model``.
+
+    Parameters
+    ----------
+    model : Saluki
+    weights : mapping
+        ``conv0.kernel`` (K, C_in, F); ``block{i}.ln.gamma|beta`` (F,); ``block{i}.conv.kernel``
+        (K, F, F) and ``.bias`` (F,); ``final_ln.gamma|beta``; ``gru.kernel`` and
+        ``gru.recurrent_kernel`` (F, 3F) with gate columns z, r, h; ``gru.bias`` (2, 3F) with
+        rows input bias, recurrent bias; ``bn{1,2}.gamma|beta|moving_mean|moving_variance``;
+        ``dense1.kernel`` (F, F), ``dense1.bias``; ``head.kernel`` (F, outputs), ``head.bias``.
+        Keys starting with ``_`` are ignored.
+
+    Raises
+    ------
+    KeyError
+        A weight is missing or unexpected.
+    ValueError
+        A shape does not match the model.
+    """
+    hid = model.filters
+    targets: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+
+    def put(key: str, tensor: torch.Tensor, value: np.ndarray) -> None:
+        targets[key] = (tensor, value)
+
+    def conv(k: np.ndarray) -> np.ndarray:  # Keras (K, in, out) -> torch (out, in, K)
+        return np.transpose(k, (2, 1, 0))
+
+    w = {k: np.asarray(v) for k, v in weights.items() if not k.startswith("_")}
+    get = w.__getitem__
+    put("conv0.kernel", model.conv0.weight, conv(get("conv0.kernel")))
+    for i, blk in enumerate(model.blocks):
+        put(f"block{i}.ln.gamma", blk.ln.weight, get(f"block{i}.ln.gamma"))
+        put(f"block{i}.ln.beta", blk.ln.bias, get(f"block{i}.ln.beta"))
+        put(f"block{i}.conv.kernel", blk.conv.weight, conv(get(f"block{i}.conv.kernel")))
+        put(f"block{i}.conv.bias", blk.conv.bias, get(f"block{i}.conv.bias"))
+    put("final_ln.gamma", model.final_ln.weight, get("final_ln.gamma"))
+    put("final_ln.beta", model.final_ln.bias, get("final_ln.beta"))
+    put("gru.kernel", model.gru.weight_ih_l0, _keras_gru_to_torch(get("gru.kernel"), hid))
+    put("gru.recurrent_kernel", model.gru.weight_hh_l0, _keras_gru_to_torch(get("gru.recurrent_kernel"), hid))
+    bias = get("gru.bias")
+    if bias.shape != (2, 3 * hid):
+        raise ValueError(f"gru.bias: expected shape (2, {3 * hid}) (reset_after=True), got {bias.shape}")
+    targets["gru.bias[0]"] = (model.gru.bias_ih_l0, _keras_gru_to_torch(bias[0], hid))
+    targets["gru.bias[1]"] = (model.gru.bias_hh_l0, _keras_gru_to_torch(bias[1], hid))
+    for name, bn in (("bn1", model.bn1), ("bn2", model.bn2)):
+        put(f"{name}.gamma", bn.weight, get(f"{name}.gamma"))
+        put(f"{name}.beta", bn.bias, get(f"{name}.beta"))
+        put(f"{name}.moving_mean", bn.running_mean, get(f"{name}.moving_mean"))
+        put(f"{name}.moving_variance", bn.running_var, get(f"{name}.moving_variance"))
+    put("dense1.kernel", model.dense1.weight, get("dense1.kernel").T)
+    put("dense1.bias", model.dense1.bias, get("dense1.bias"))
+    put("head.kernel", model.head.weight, get("head.kernel").T)
+    put("head.bias", model.head.bias, get("head.bias"))
+
+    used = {k.split("[")[0] for k in targets}
+    extra = sorted(set(w) - used)
+    if extra:
+        raise KeyError(f"unexpected Keras weights for this Saluki configuration: {extra}")
+    for key, (tensor, value) in targets.items():
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise ValueError(f"{key}: Keras shape {value.shape} maps to {tuple(value.shape)}, "
+                             f"model expects {tuple(tensor.shape)}")
+    with torch.no_grad():
+        for tensor, value in targets.values():
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(tensor.dtype))
