@@ -2,7 +2,8 @@
 
 The example generator plants AU-rich elements that shorten the half-life only in the 3' UTR
 (copies elsewhere are decoys), a CDS-length effect and an in-frame codon (GC3) effect. A bag of
-k-mers sees a diluted signal. Settings: block 2,048, 2,000 transcripts, 12 epochs on CPU.
+k-mers sees a diluted signal. Settings: block 1,024, 2,000 transcripts of 200-900 nt, up to 24
+epochs on CPU (measured: Saluki 0.90 vs ridge 0.58 test Spearman).
 """
 
 import csv
@@ -54,7 +55,7 @@ def ridge_spearman(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray,
 
 @pytest.mark.slow
 def test_saluki_beats_kmer_ridge_on_planted_signal(tmp_path):
-    data = write_dataset(tmp_path / "rna.txt", 2000, seed=11, min_len=300, max_len=1800)
+    data = write_dataset(tmp_path / "rna.txt", 2000, seed=11, min_len=200, max_len=900)
     rows = [line.split("\t") for line in data.read_text().splitlines()]
     seqs = ["".join(t[0] for t in r[5].split(",")).lower() for r in rows]
     y = np.log(np.array([float(r[2]) for r in rows]))
@@ -63,7 +64,7 @@ def test_saluki_beats_kmer_ridge_on_planted_signal(tmp_path):
     cfg = write_config(
         tmp_path / "c.yaml", data, tmp_path / "out",
         fine_tuning_data_source={"splitratio": "80,10,10"},
-        settings={"training": {"batchsize": 32, "blocksize": 2048, "nepochs": 12, "patience": 5, "lr": 0.002, "scaling": "log"}},
+        settings={"training": {"batchsize": 32, "blocksize": 1024, "nepochs": 24, "patience": 8, "lr": 0.001, "scaling": "log"}},
         model={"dropout": 0.1, "l2_scale": 1e-4},
         seed=5,
     )
