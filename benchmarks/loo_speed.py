@@ -22,8 +22,8 @@ import torch
 
 
 def saluki_case(length: int, n_real: int, n_pos: int, batch: int, seed: int = 0) -> dict:
-    from biolm.plugins.saluki import _build, SalukiSchema, _fast_loo
     from biolm.core.spec import ModelInfo
+    from biolm.plugins.saluki import SalukiSchema, _build, _fast_loo
 
     torch.manual_seed(seed)
     C = 16
