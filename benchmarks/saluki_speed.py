@@ -8,8 +8,9 @@ processes hits both alike; the table shows the median and the best of the timed 
 
 Columns: samples/s; achieved GFLOP/s from an analytic count (convolutions ``2 K C_in C_out T_out``,
 GRU input + recurrent matmuls, dense layers; x3 for forward + backward) and its share of the
-float32 matmul peak timed here (4096 x 4096 matmul, best of several); peak RSS growth during the
-timed steps (sampled every 2 ms).
+float32 matmul peak timed here (4096 x 4096 matmul, best of several); "RSS +MB" is the largest
+growth of the resident set during one timed call (sampled every 2 ms) over what was resident
+before it (memory that an earlier run left resident and this one reuses is not counted).
 
     python benchmarks/saluki_speed.py            # batch 32 at 12,288 nt (~2-3 min)
     python benchmarks/saluki_speed.py --quick    # batch 8, fewer repeats (~40 s)
@@ -59,7 +60,8 @@ class BaselineSaluki(nn.Module):
                 conv.load_state_dict(blk.conv.state_dict())
             self.final_ln.load_state_dict(ref.final_ln.state_dict())
             self.gru.load_state_dict(ref.gru.state_dict())
-            for mine, theirs in ((self.bn1, ref.bn1), (self.bn2, ref.bn2), (self.dense1, ref.dense1), (self.head, ref.head)):
+            pairs = ((self.bn1, ref.bn1), (self.bn2, ref.bn2), (self.dense1, ref.dense1), (self.head, ref.head))
+            for mine, theirs in pairs:
                 mine.load_state_dict(theirs.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,28 +186,31 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 
 
 def timed(fns: dict, repeats: int) -> dict:
-    """Interleaved timing; returns name -> (list of seconds, peak RSS growth MB)."""
+    """Interleaved timing; returns name -> (wall seconds, process CPU seconds, peak RSS growth MB)."""
     times = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     rss = {k: 0.0 for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             with RssSampler() as s:
+                c = time.process_time()
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
             rss[name] = max(rss[name], s.growth_mb)
-    return {k: (times[k], rss[k]) for k in fns}
+    return {k: (times[k], cpu[k], rss[k]) for k in fns}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=12288)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--eval-batch", type=int, default=64)
     ap.add_argument("--eval-min", type=int, default=500)
     ap.add_argument("--eval-max", type=int, default=3000)
-    ap.add_argument("--eval-repeats", type=int, default=5)
+    ap.add_argument("--eval-repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="batch 8, 3 repeats, eval batch 32")
     ap.add_argument("--tune-malloc", action="store_true", help="glibc malloc without mmap/trim (both models)")
@@ -219,6 +224,9 @@ def main(argv=None) -> None:
 
     ours = Saluki(6, seq_length=args.length)
     base = BaselineSaluki(ours)
+    with torch.no_grad():  # same function before training starts (the two then train apart)
+        xc = make_batch(4, args.length, 6, [args.length, 2000, 700, 0], seed=3)
+        err_base = (base.eval()(xc) - ours.eval()(xc, shortcut=False)).abs().max().item()
     print(f"machine: {cpu_name()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}, "
           f"malloc tuned: {malloc}")
@@ -253,33 +261,34 @@ def main(argv=None) -> None:
         eres = timed(efns, args.eval_repeats)
 
     # ---- table
+    print(f"baseline vs ours, same weights, eval: max |diff| {err_base:.1e}")
     print(f"\nfloat32 matmul peak: {peak / 1e9:.1f} GFLOP/s; model: {flops / 3 / 1e9:.3f} GFLOP forward per sample")
     print(f"training: batch {args.batch} x {args.length} nt, Adam step, {args.repeats} interleaved repeats")
-    hdr = f"{'run':20s} {'samples/s med':>13s} {'best':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'peak RSS +MB':>12s}"
-    print(hdr)
-    print("-" * len(hdr))
-    med = {}
-    best = {}
-    for name, (ts, mb) in res.items():
-        med[name] = args.batch / statistics.median(ts)
-        best[name] = args.batch / min(ts)
-        gf = flops * med[name]
-        print(f"{name:20s} {med[name]:13.2f} {best[name]:8.2f} {gf / 1e9:8.1f} {100 * gf / peak:6.1f}% {mb:12.0f}")
-    print(f"ours / baseline: {med['ours'] / med['baseline']:.2f}x (median), {best['ours'] / best['baseline']:.2f}x (best)")
+    hdr = (f"{'run':20s} {'samples/s med':>13s} {'best':>8s} {'GFLOP/s':>8s} {'% peak':>7s} "
+           f"{'samples/CPU-s':>13s} {'RSS +MB':>8s}")
+
+    def table(results: dict, bsz: int, fl: float) -> dict:
+        print(hdr)
+        print("-" * len(hdr))
+        out = {}
+        for name, (ts, cs, mb) in results.items():
+            med = bsz / statistics.median(ts)
+            gf = fl * med
+            out[name] = (med, bsz / min(ts), bsz / statistics.median(cs))
+            print(f"{name:20s} {med:13.2f} {out[name][1]:8.2f} {gf / 1e9:8.1f} {100 * gf / peak:6.1f}% "
+                  f"{out[name][2]:13.2f} {mb:8.0f}")
+        return out
+
+    t = table(res, args.batch, flops)
+    print(f"ours / baseline: {t['ours'][0] / t['baseline'][0]:.2f}x (median), {t['ours'][1] / t['baseline'][1]:.2f}x "
+          f"(best), {t['ours'][2] / t['baseline'][2]:.2f}x (per CPU-second)")
 
     print(f"\neval: batch {args.eval_batch}, lengths {args.eval_min}-{args.eval_max} nt in {args.length}-nt blocks, "
-          f"no_grad; shortcut vs full max |diff| = {err:.2e}")
-    print(hdr)
-    print("-" * len(hdr))
-    emed = {}
-    for name, (ts, mb) in eres.items():
-        emed[name] = args.eval_batch / statistics.median(ts)
-        b = args.eval_batch / min(ts)
-        gf = flops / 3 * emed[name]  # full-length-equivalent work
-        print(f"{name:20s} {emed[name]:13.2f} {b:8.2f} {gf / 1e9:8.1f} {100 * gf / peak:6.1f}% {mb:12.0f}")
-    print(f"shortcut / full: {emed['eval ours shortcut'] / emed['eval ours full']:.1f}x; "
-          f"shortcut / baseline: {emed['eval ours shortcut'] / emed['eval baseline']:.1f}x  "
-          "(eval GFLOP/s counts full-length work)")
+          f"no_grad; max |diff| shortcut vs full {err:.1e}; GFLOP/s counts full-length work")
+    e = table(eres, args.eval_batch, flops / 3)
+    s, f, b = e["eval ours shortcut"], e["eval ours full"], e["eval baseline"]
+    print(f"shortcut / full: {s[0] / f[0]:.1f}x (median), {s[1] / f[1]:.1f}x (best), {s[2] / f[2]:.1f}x "
+          f"(per CPU-second); shortcut / baseline: {s[0] / b[0]:.1f}x (median)")
 
 
 if __name__ == "__main__":

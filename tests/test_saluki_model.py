@@ -313,14 +313,15 @@ def test_batchnorm_follows_keras_moving_statistics():
     ({}, 768, [768, 700, 333, 50, 0]),
     ({"go_backwards": False}, 768, [640, 81, 1, 400]),
     ({"kernel_size": 3, "num_layers": 3, "filters": 16}, 203, [203, 150, 40, 17]),  # L not a multiple of 8
+    ({"activation": "gelu", "filters": 16, "num_layers": 5}, 400, [399, 3, 200]),
 ])
 def test_eval_shortcut_equals_full_computation(kw, length, lengths):
     torch.manual_seed(4)
     model = _randomise(Saluki(6, seq_length=length, **kw), scale=0.2).eval()
     x = _one_hot_batch(lengths, length, seed=5)
     rows = []
-    orig = model._repack
-    model._repack = lambda src, *a: (lambda out: (rows.append(out[0].shape[0]), out)[1])(orig(src, *a))
+    orig = model._trunk_flat
+    model._trunk_flat = lambda h, record=None: (rows.append(h.shape[0]), orig(h, record))[1]
     with torch.no_grad():
         full = model(x, shortcut=False)
         short = model(x)
@@ -329,12 +330,26 @@ def test_eval_shortcut_equals_full_computation(kw, length, lengths):
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hinted, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(too_short, full, atol=1e-5, rtol=1e-5)
-    # the shortcut's first convolution saw about the data rows only
-    k = model.kernel_size
-    assert rows[0] <= sum(min(n + k + 1, length) for n in lengths)
+    # the shortcut's trunk (second call; the third is the padding column) saw fewer rows
+    assert rows[1] < len(lengths) * length
     # a batch of one gives the same answer
     with torch.no_grad():
         torch.testing.assert_close(model(x[2:3]), full[2:3], atol=1e-5, rtol=1e-5)
+
+
+def test_eval_shortcut_gradients():
+    torch.manual_seed(6)
+    model = _randomise(Saluki(6, seq_length=400, filters=16)).eval()
+    x = _one_hot_batch([400, 150, 60], 400, seed=1)
+    # parameter gradients through the shortcut (padding constants included) are exact
+    g_short = torch.autograd.grad(model(x).sum(), list(model.parameters()))
+    g_full = torch.autograd.grad(model(x, shortcut=False).sum(), list(model.parameters()))
+    for a, b in zip(g_short, g_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # an input that requires grad takes the full path (padding rows have gradients too)
+    xg = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(model(xg).sum(), xg)
+    assert gx[2, 300:].abs().sum() > 0
 
 
 def test_effective_lengths():
@@ -343,6 +358,9 @@ def test_effective_lengths():
     x[1, 50] = 0.0  # an all-zero row inside the sequence does not end it
     assert model.effective_lengths(x).tolist() == [320, 100, 0]
     assert model.effective_lengths(x, torch.tensor([10, 200, 5])).tolist() == [320, 200, 5]
+    x[2, 10, 5] = float("nan")  # non-finite input counts as data: never skipped
+    x[1, 300, 0] = -float("inf")
+    assert model.effective_lengths(x).tolist() == [320, 301, 11]
 
 
 # ---------------------------------------------------------------------------------- misc

@@ -23,18 +23,20 @@ names and layouts onto them. The forward pass does not run those modules, though
   avoids every transpose/``.contiguous()`` copy, uses oneDNN's fastest (``nwc``) forward and
   backward-data kernels and lets the weight gradient be ``kernel_size`` large GEMMs.
 * **Dropout + max-pool** is one autograd function that keeps one float per element for the
-  backward instead of a mask plus int64 argmax indices; the keep mask comes from NumPy's PCG64
-  (filled by parallel threads, seeded from torch's generator so ``torch.manual_seed`` still makes
-  training reproducible), because torch's CPU ``bernoulli_`` costs more than the convolution
-  it follows.
+  backward instead of a mask plus int64 argmax indices; the keep masks come from NumPy's PCG64
+  (one uniform per max-pool pair decides both elements, exactly as two independent draws;
+  filled by parallel threads and seeded from torch's generator so ``torch.manual_seed`` still
+  makes training reproducible), because torch's CPU ``bernoulli_`` costs more than the
+  convolution it follows.
 * **GRU**: the input projection is one matmul over all steps; only the recurrence loops, in a
-  custom autograd function with a hand-written backward (no per-step autograd graph).
+  custom autograd function with a hand-written backward (no per-step autograd graph), on one
+  thread (a thread team's barrier costs more than the tiny per-step matmuls).
 * **Eval-mode padding shortcut** (exact): see :meth:`Saluki.forward`.
 
 Training-time details follow Keras where torch's defaults differ: BatchNorm's moving variance is
 updated with the *biased* batch variance, max-pool gradients go to the first of two tied inputs,
 and initialisation is Keras's (he_normal, orthogonal recurrent kernel, zero biases). Dropout
-keeps an element when a float32 uniform is >= p (resolution 2**-24).
+probabilities are exact up to float32 uniforms (resolution 2**-24).
 """
 
 from __future__ import annotations
@@ -106,6 +108,35 @@ def min_seq_length(kernel_size: int = 5, num_layers: int = 6) -> int:
     for _ in range(num_layers):
         m = 2 * m + kernel_size - 1
     return m + kernel_size - 1
+
+
+def _data_extent(length: int, seq_length: int, kernel_size: int, num_layers: int) -> int:
+    """How many leading GRU steps depend on the first ``length`` input rows.
+
+    All later steps see only the zero padding, whose activations in eval mode are one constant
+    column per layer: a valid-conv output ``t`` reads rows ``t .. t+K-1`` so it is constant iff
+    ``t >= n``; a pool output ``i`` reads ``2i, 2i+1`` so it is constant iff ``i >= ceil(n/2)``.
+    """
+    lens = trunk_lengths(seq_length, kernel_size, num_layers)
+    n = min(length, lens[0])
+    for j in range(num_layers):
+        n = min(-(-n // 2), lens[j + 1])
+    return max(n, 0)
+
+
+@functools.lru_cache(maxsize=65536)
+def _prefix_slot(ell: int, length: int, kernel_size: int, num_layers: int) -> int:
+    """Shortest slot (a multiple of ``2**num_layers``) whose valid GRU steps include every step
+    that depends on the first ``ell`` rows of a length-``length`` input; the full slot when
+    nothing shorter works. For the defaults this is about ``ell + 256`` rounded up to 64."""
+    q = 1 << num_layers
+    need = _data_extent(ell, length, kernel_size, num_layers)
+    s = _slot(max(ell, min_seq_length(kernel_size, num_layers)), num_layers)
+    while s < length:
+        if gru_steps(s, kernel_size, num_layers) >= need:
+            return s
+        s += q
+    return _slot(length, num_layers)
 
 
 def _slot(length: int, num_layers: int) -> int:
@@ -262,10 +293,10 @@ def _pair_keep_mask(pairs: int, channels: int, p: float, like: torch.Tensor) -> 
     q = 1.0 - p
     u = _uniform((pairs, channels), like, scratch=True)
     m = u.new_empty(pairs, 2, channels)
-    # floor(1 + t) for t in (-1, 1) is the indicator of t >= 0, without bool tensors (their casts
-    # and masked ops take slow paths on CPU)
-    torch.sub(1.0 + q, u, out=m[:, 0]).floor_()
-    torch.sub(1.0 + 0.5 * q, u.sub_(q * (1.0 - q) + 0.5 * q).abs_(), out=m[:, 1]).floor_()
+    # comparisons written straight into the float mask: bool tensors and their casts take slow
+    # paths on CPU
+    torch.le(u, q, out=m[:, 0])
+    torch.le(u.sub_(q * (1.0 - q) + 0.5 * q).abs_(), 0.5 * q, out=m[:, 1])
     return m
 
 
@@ -294,9 +325,9 @@ class _DropMaxPool(torch.autograd.Function):
             z = yp
         ze, zo = z[:, 0], z[:, 1]
         out = torch.maximum(ze, zo)
-        # 1 where the second element is strictly larger (ties go to the first); float ops only,
-        # as heaviside and bool masks take slow non-vectorised paths on CPU
-        second = zo.sub_(ze).sign_().relu_()
+        # 1 where the second element is strictly larger (ties go to the first), written as a
+        # float over zo (no longer needed): bool tensors take slow paths on CPU
+        second = torch.gt(zo, ze, out=zo)
         w[:, 1].mul_(second)
         w[:, 0].addcmul_(w[:, 0], second, value=-1.0)
         if p > 0.0:
@@ -455,14 +486,13 @@ class _GRURecurrence(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 
 
-def _basenji_gelu(x: torch.Tensor) -> torch.Tensor:
-    # basenji.layers.GELU is the sigmoid approximation, not the erf form
-    return torch.sigmoid(1.702 * x) * x
-
-
+# basenji.layers.activate: "gelu" is tf.keras.activations.gelu(approximate=True), the tanh form
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
-    "gelu": _basenji_gelu,
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softplus": F.softplus,
     "linear": lambda x: x,
 }
 
@@ -526,10 +556,12 @@ class Saluki(nn.Module):
         The GRU reads from the last step to the first (Keras ``go_backwards=True``).
     num_outputs : int
         Width of the final Dense.
-    activation : {"relu", "gelu", "linear"}
-        Activation after every norm ("gelu" is basenji's ``sigmoid(1.702 x) x``).
+    activation : {"relu", "gelu", "sigmoid", "tanh", "softplus", "linear"}
+        Activation after every norm, as basenji's ``layers.activate`` ("gelu" is the tanh
+        approximation).
     l2_scale : float
-        Keras ``l2`` kernel regulariser weight; see :meth:`l2_penalty`.
+        Keras ``l2`` kernel regulariser weight (1e-3 in the paper). Not applied by ``forward``:
+        add :meth:`l2_penalty` to the training loss.
     eval_shortcut : bool
         Use the exact padding shortcut in eval mode (see :meth:`forward`).
     """
@@ -549,7 +581,7 @@ class Saluki(nn.Module):
         go_backwards: bool = True,
         num_outputs: int = 1,
         activation: str = "relu",
-        l2_scale: float = 0.0,
+        l2_scale: float = 1e-3,
         eval_shortcut: bool = True,
     ):
         super().__init__()
@@ -702,13 +734,14 @@ class Saluki(nn.Module):
         h = self._trunk_flat(self._flat_input(x, slot, shift), rec)
         return self._unflat(h, bsz, slot >> self.num_layers, lens[-1])
 
-    def _gru(self, seq: torch.Tensor, h0: torch.Tensor | None = None,
-             backwards: bool | None = None) -> torch.Tensor:
-        """GRU final state. seq: (B, T, H) or (1 or B, T, 3H) projections via ``proj``."""
+    def _gru(self, seq: torch.Tensor) -> torch.Tensor:
+        """GRU final state (B, filters) of ``seq`` (B, T, filters), from a zero state."""
         xp = F.linear(seq, self.gru.weight_ih_l0, self.gru.bias_ih_l0)
-        return self._recur(xp, h0, backwards)
+        return self._recur(xp, None, None)
 
     def _recur(self, xp: torch.Tensor, h0: torch.Tensor | None, backwards: bool | None) -> torch.Tensor:
+        """GRU state (B, filters) after reading input projections ``xp`` (B, T, 3 * filters)
+        from ``h0`` (zeros if None), in the model's direction unless ``backwards`` is given."""
         if h0 is None:
             h0 = xp.new_zeros(xp.shape[0], self.filters)
         if xp.shape[1] == 0:
@@ -758,32 +791,21 @@ class Saluki(nn.Module):
         (B,) int64
         """
         bsz, length, cin = x.shape
-        # row |x| sums by matmul: reductions over a 6-wide inner dim are slow on CPU; a sum of
-        # absolute values is 0 only for an all-zero row (NaN and inf stay non-zero)
-        mag = x.detach().reshape(bsz * length, cin).abs() @ x.new_ones(cin, 1)
-        nonzero = (mag != 0).view(bsz, length)
-        pos = torch.arange(1, length + 1, device=x.device)
-        ell = torch.where(nonzero, pos, 0).amax(dim=1)
+        # row |x| sums by matmul (reductions over a 6-wide inner dim are slow on CPU), in row
+        # blocks so the |x| temporary stays small
+        flat = x.detach().reshape(bsz * length, cin)
+        ones = x.new_ones(cin, 1)
+        mag = x.new_empty(bsz * length, 1)
+        for s0 in range(0, flat.shape[0], 131072):
+            torch.mm(flat[s0: s0 + 131072].abs(), ones, out=mag[s0: s0 + 131072])
+        # sign of a sum of |x| is 1 exactly for a row with a non-zero (NaN counted as one);
+        # float ops only, as bool/int64 where-reductions are slow on CPU
+        nonzero = torch.nan_to_num(mag.view(bsz, length), nan=1.0).sign_().to(torch.float64)
+        pos = torch.arange(1, length + 1, dtype=torch.float64, device=x.device)
+        ell = nonzero.mul_(pos).amax(dim=1).to(torch.int64)
         if lengths is not None:
             ell = torch.maximum(ell, torch.as_tensor(lengths, device=x.device).to(torch.int64).clamp(max=x.shape[1]))
         return ell
-
-    def _padding_constants(self) -> list[torch.Tensor]:
-        """Eval-mode activations of pure zero padding where the packed trunk needs them.
-
-        Returns
-        -------
-        list
-            ``[input (C_in,), conv0 output, block 0 .. num_layers - 2 outputs, GRU input]``, the
-            last ones ``(filters,)``: the value at any position whose receptive field is padding.
-        """
-        lmin = min_seq_length(self.kernel_size, self.num_layers)
-        zeros = self.conv0.weight.new_zeros(_slot(lmin, self.num_layers), self.in_channels)
-        rec: dict[str, torch.Tensor] = {}
-        gru_in = self._trunk_flat(zeros, lambda name, h, depth: rec.__setitem__(name, h[0]))
-        consts = [zeros[0], rec["conv0_out"]]
-        consts += [rec[f"block{i}_out"] for i in range(self.num_layers - 1)]
-        return consts + [gru_in[0]]
 
     def pad_column(self) -> torch.Tensor:
         """GRU input at a position whose whole receptive field is zero padding (eval mode).
@@ -792,12 +814,13 @@ class Saluki(nn.Module):
         -------
         (filters,)
         """
-        return self._padding_constants()[-1]
+        lmin = min_seq_length(self.kernel_size, self.num_layers)
+        zeros = self.conv0.weight.new_zeros(_slot(lmin, self.num_layers), self.in_channels)
+        return self._trunk_flat(zeros)[0]
 
     def _padding_trajectory(self, steps: int):
-        """Padding constants (see :meth:`_padding_constants`), the GRU input projection of the
-        padding column (3 * filters,) and, when the GRU reads backwards, its states
-        (steps + 1, 1, filters) after 0..steps padding steps.
+        """Padding column (filters,), its GRU input projection (3 * filters,) and, when the GRU
+        reads backwards, its states (steps + 1, 1, filters) after 0..steps padding steps.
 
         Cached while no parameter changes (keyed on parameter identities and versions), as
         prediction runs batch after batch with the same weights; not cached under autograd.
@@ -807,90 +830,45 @@ class Saluki(nn.Module):
         grad = torch.is_grad_enabled()
         if not grad and cache is not None and cache[0] == key:
             return cache[1]
-        consts = self._padding_constants()
-        xpc = F.linear(consts[-1], self.gru.weight_ih_l0, self.gru.bias_ih_l0)
+        pad = self.pad_column()
+        xpc = F.linear(pad, self.gru.weight_ih_l0, self.gru.bias_ih_l0)
         hs = None
         if self.go_backwards:
             with torch.no_grad():
                 hs = _gru_loop(xpc.view(1, 1, -1).expand(1, steps, xpc.shape[0]), self.gru.weight_hh_l0,
                                self.gru.bias_hh_l0, xpc.new_zeros(1, self.filters), True)[0]
         if not grad:
-            self._pad_cache = (key, (consts, xpc, hs))
-        return consts, xpc, hs
-
-    def _repack(self, src: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, full: int,
-                const: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather every sample's data-dependent rows into a packed flat sequence.
-
-        Sample ``b`` gets rows ``src[starts[b] : starts[b] + counts[b]]`` followed, unless it
-        already covers the layer (``counts[b] == full``), by ``kernel_size`` rows of ``const``
-        (the padding's activation at this layer: what the full model has there), and one more
-        to keep slots even so that max-pool pairs never straddle two samples.
-
-        Returns
-        -------
-        flat : (sum of slots, C)
-        offsets : (B,) int64
-            Slot starts in ``flat``.
-        """
-        k = self.kernel_size
-        slots = counts + torch.where(counts < full, k, 0)
-        slots += slots % 2
-        offsets = torch.cumsum(slots, 0) - slots
-        owner = torch.repeat_interleave(torch.arange(len(slots)), slots)
-        local = torch.arange(owner.shape[0]) - offsets[owner]
-        data = local < counts[owner]
-        idx = torch.where(data, starts[owner] + local, 0).to(src.device)
-        flat = src.index_select(0, idx)
-        fill = torch.nonzero(~data).squeeze(1).to(src.device)
-        flat.index_copy_(0, fill, const.to(flat.dtype).expand(fill.shape[0], -1).contiguous())
-        return flat, offsets
-
-    def _packed_trunk(self, x: torch.Tensor, ell: torch.Tensor, consts: list[torch.Tensor]):
-        """Trunk over only the data-dependent positions of every sample (eval mode).
-
-        At every layer a sample keeps the positions that depend on its ``ell`` data rows plus
-        ``kernel_size`` copies of the padding constant, which is all the next valid convolution
-        needs: the padding's own receptive-field overhang (~256 input rows) is never computed.
-
-        Returns
-        -------
-        h : (N, filters)
-            Packed GRU inputs.
-        starts, counts : (B,) int64
-            Each sample's first row in ``h`` and number of data-dependent GRU steps.
-        """
-        bsz, length, cin = x.shape
-        lens = trunk_lengths(length, self.kernel_size, self.num_layers)
-        counts = ell.clamp(max=length)
-        flat, starts = self._repack(x.reshape(bsz * length, cin), torch.arange(bsz) * length, counts,
-                                    length, consts[0])
-        src = _FlatConv.apply(flat, self.conv0.weight, None)
-        counts = counts.clamp(max=lens[0])
-        for j, blk in enumerate(self.blocks):
-            flat, offsets = self._repack(src, starts, counts, lens[j], consts[j + 1])
-            a = self._norm_act(flat, blk.ln)
-            src = _max_pool_pairs(_FlatConv.apply(a, blk.conv.weight, blk.conv.bias))
-            starts = offsets // 2
-            counts = torch.clamp((counts + 1) // 2, max=lens[j + 1])
-        return self._norm_act(src, self.final_ln), starts, counts
+            self._pad_cache = (key, (pad, xpc, hs))
+        return pad, xpc, hs
 
     def _forward_shortcut(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
         """GRU final state (B, filters) via the padding shortcut; None when it saves little."""
-        bsz, length, _ = x.shape
-        steps = gru_steps(length, self.kernel_size, self.num_layers)
-        ell = self.effective_lengths(x, lengths).cpu()
-        rows = int(torch.clamp(ell + self.kernel_size + 1, max=length).sum())
-        if rows > 0.9 * bsz * length:
+        bsz, length, cin = x.shape
+        k, n = self.kernel_size, self.num_layers
+        steps = gru_steps(length, k, n)
+        full = _slot(length, n)
+        slots = [_prefix_slot(e, length, k, n) for e in self.effective_lengths(x, lengths).tolist()]
+        if sum(slots) > 0.9 * bsz * full:
             return None
-        consts, xpc, hs = self._padding_trajectory(steps)
-        h, starts, q = self._packed_trunk(x, ell, consts)
+        # ragged flat layout: every sample gets only the prefix its data-dependent steps need
+        flat = x.new_zeros(sum(slots), cin)
+        offsets = []
+        off = 0
+        for b, sl in enumerate(slots):
+            m = min(sl, length)
+            flat[off: off + m] = x[b, :m]
+            offsets.append(off)
+            off += sl
+        h = self._trunk_flat(flat)
+        pad, xpc, hs = self._padding_trajectory(steps)
+        q = torch.tensor([min(gru_steps(sl, k, n), steps) for sl in slots])
         qmax = int(q.max())
         # steps past a sample's q see only padding in the full model: fill them with the
         # padding column (one extra row) so the batch can run qmax steps together
         j = torch.arange(qmax).unsqueeze(0)
-        idx = torch.where(j < q.unsqueeze(1), starts.unsqueeze(1) + j, h.shape[0])
-        seq = torch.cat([h, consts[-1].unsqueeze(0)]).index_select(0, idx.reshape(-1).to(h.device))
+        starts = torch.tensor(offsets).unsqueeze(1) >> n
+        idx = torch.where(j < q.unsqueeze(1), starts + j, h.shape[0])
+        seq = torch.cat([h, pad.unsqueeze(0)]).index_select(0, idx.reshape(-1).to(h.device))
         xp = F.linear(seq.view(bsz, qmax, self.filters), self.gru.weight_ih_l0, self.gru.bias_ih_l0)
         tail = steps - qmax
         xpc = xpc.view(1, 1, -1)
@@ -919,7 +897,8 @@ class Saluki(nn.Module):
             Real lengths. Only used in eval mode, as a lower bound: the shortcut always also
             looks for trailing all-zero rows itself (see :meth:`effective_lengths`).
         shortcut : bool, optional
-            Override ``self.eval_shortcut``.
+            Override ``self.eval_shortcut``. The shortcut is skipped when ``x`` requires grad
+            (its gradient on padding rows needs the full computation).
 
         Returns
         -------
@@ -929,17 +908,24 @@ class Saluki(nn.Module):
         -----
         Eval-mode shortcut (exact, within float rounding): without dropout or shift, every
         position whose receptive field is pure zero padding has the same activation at each
-        layer, and so has every GRU step past the ones that see data. Each sample therefore gets
-        only the shortest prefix that holds all its data-dependent GRU steps (about its length
-        + 256 rows for the defaults, rounded up to 64), the prefixes are packed back to back in
-        the flat layout, and the trunk runs once over the packed rows: the cost follows the
-        sum of the real lengths, not ``B * L``. The remaining GRU steps all read one constant
-        column, computed from a tiny all-zero input; with ``go_backwards`` they are read first,
-        so they run once with batch size 1 and the batch continues from that state. Lengths
-        come from :meth:`effective_lengths` (trailing all-zero rows, or ``lengths`` if larger).
+        layer, and so has every GRU step that sees no data. Each sample therefore gets only the
+        shortest prefix that holds all its data-dependent GRU steps (its length plus the
+        receptive-field overhang, ~256 rows for the defaults, rounded up to 64); the prefixes
+        are packed back to back in the flat layout and the trunk runs once over them, so the
+        cost follows the sum of the real lengths, not ``B * L``. The remaining GRU steps read
+        one constant padding column (computed from a tiny all-zero input); with
+        ``go_backwards`` they come first and are shared by the whole batch (run once, cached
+        while the weights are unchanged). Lengths come from :meth:`effective_lengths` (trailing
+        all-zero rows, or ``lengths`` where larger); batches that are (nearly) all full length
+        take the plain path.
         """
         x = self._check_input(x)
+        if x.shape[0] == 0:
+            return x.new_zeros(0, self.num_outputs)
         use_shortcut = self.eval_shortcut if shortcut is None else shortcut
+        # an input gradient must also cover the padding rows, which the shortcut never reads
+        if x.requires_grad and torch.is_grad_enabled():
+            use_shortcut = False
         if not self.training and use_shortcut:
             state = self._forward_shortcut(x, lengths)
             if state is not None:
