@@ -306,3 +306,14 @@ def test_config_reference_check_and_write(tmp_path, capsys):
     written = readme.read_text(encoding="utf-8")
     assert written.startswith("# x\n\nintro\n\n") and written.endswith(f"{docs.END}\n\nafter\n") and "stale" not in written
     assert docs.main([]) == 0 and capsys.readouterr().out == text
+
+
+def test_readme_config_reference_is_generated_from_the_schema():
+    """The README's config reference must be what `python -m biolm.core.docs` generates."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    p = subprocess.run([sys.executable, "-m", "biolm.core.docs", "--check", str(readme)], capture_output=True, text=True)
+    assert p.returncode == 0, "README config reference is stale: run python -m biolm.core.docs --write README.md\n" + p.stdout[-2000:] + p.stderr[-2000:]
