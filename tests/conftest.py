@@ -7,6 +7,18 @@ import yaml
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for modules of tiny models: OpenMP barriers only cost time there, and on a
+    loaded shared machine thread spinning turns seconds into minutes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def rna_file(tmp_path_factory) -> Path:
     """A small example file in the reference format (id, split, halflife, stability, quality, seq)."""

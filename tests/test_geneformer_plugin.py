@@ -33,14 +33,7 @@ HEADER = "sequence,token,replacement,label,pred,start_offset,end_offset,loo"
 MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": L}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # models this small run fastest on one thread, and a shared machine's load then cannot turn
-    # OpenMP spinning into minutes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(p):

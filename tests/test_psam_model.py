@@ -36,13 +36,7 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 GOLDEN_PREFIX = {torch.float64: "", torch.float32: "float32/"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # These tensors are tiny: on a shared 2-core machine thread contention costs more than it gains.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

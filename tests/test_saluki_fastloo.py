@@ -26,13 +26,7 @@ from conftest import write_config
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small tensors: OpenMP barriers only cost time here, badly so on a loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(net: torch.nn.Module, seed: int) -> None:

@@ -31,13 +31,7 @@ INTERMEDIATES = ["conv0_out"] + [f"block{i}_out" for i in range(6)] + [
     "gru_in", "gru_state", "bn1_relu_out", "dense1_out", "penultimate", "pred"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: OpenMP barriers only cost time here, badly so on a loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
