@@ -198,3 +198,21 @@ def test_a_pretrain_folder_is_not_a_fine_tuned_model(tmp_path, rna_file):
     cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", inference_model={"pretrainedmodel": str(tmp_path / "pt")})
     with pytest.raises(BiolmError, match="not a fine-tuned one"):
         _run("predict", cfg)
+
+
+def test_saluki_classification_with_cross_validation_and_cv_parent_predict(tmp_path, rna_file):
+    """The saluki plugin through every engine path that matters: CV folds, classification, ensemble."""
+    fsrc = {"filepath": str(rna_file), "columnsep": "\t", "tokensep": ",", "idpos": 1, "seqpos": 6, "labelpos": 4, "crossvalidation": 2, "splitratio": "70,30"}
+    cfg = write_config(
+        tmp_path / "c.yaml", rna_file, tmp_path / "out", fine_tuning_data_source=fsrc, inference_data_source={"labelpos": 4},
+        inference_model={"pretrainedmodel": str(tmp_path / "out/fine-tune")},
+        settings={"training": {"batchsize": 16, "blocksize": 320, "nepochs": 2}}, model={"filters": 16},
+    )
+    r = run("saluki", "fine-tune", task="classification", configfile=cfg, quiet=True)
+    cv = json.loads((r.modedir / "cv_results.json").read_text())
+    assert cv["folds"] == ["0", "1"] and "accuracy" in cv["metrics"]
+    p = run("saluki", "predict", task="classification", configfile=cfg, quiet=True)
+    rows = _read_csv(p.modedir / "test_predictions.csv")
+    assert len(rows) == 90 and {"fold_0_prob_stable", "fold_1_prob_unstable"} <= set(rows[0])
+    i = run("saluki", "interpret", task="classification", configfile=cfg, quiet=True, cli_values={"looscores.handletokens": "mask", "inference_source.filepath": str(rna_file)})
+    assert len(_read_csv(i.modedir / "loo_scores_mask.csv")) > 0

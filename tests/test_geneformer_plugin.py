@@ -432,3 +432,22 @@ def test_bad_files_are_one_line_errors(pipe, tmp_path):
     missing = write_config(tmp_path / "m.yaml", tmp_path / "nope.h5ad", tmp_path / "out2")
     with pytest.raises(DataError, match="no such file"):
         run("geneformer", "tokenize", configfile=missing, quiet=True)
+
+
+def test_pretrain_runs_distributed_on_two_processes(pipe, tmp_path):
+    """The engine's DDP path (torch launcher, gloo on CPU) for masked-LM pre-training."""
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path / "c.yaml", pipe["data"], tmp_path / "out")
+    data = yaml.safe_load(cfg.read_text())
+    data["settings"]["environment"]["ngpus"] = 2
+    data["settings"]["training"]["nepochs"] = 2
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    p = subprocess.run([sys.executable, "-m", "biolm", "geneformer", "pre-train", "--configfile", str(cfg)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = tmp_path / "out/pre-train"
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert len(state["history"]) == 2 and all(np.isfinite(h["val_loss"]) for h in state["history"])
+    assert (out / "pytorch_model.bin").exists()
+    assert any("rank1" in f.name for f in (out / "logs").iterdir())
