@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
-def write_atomic(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "w") -> Path:
-    """Call ``writer(fh)`` on a temporary file next to ``path``, then rename it into place."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on any
+    failure (KeyboardInterrupt included) it is removed and an existing ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as fh:
-            writer(fh)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -24,7 +27,14 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "w") -> Path:
+    """Call ``writer(fh)`` on a temporary file next to ``path``, then rename it into place."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as fh:
+            writer(fh)
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

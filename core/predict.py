@@ -179,10 +179,10 @@ def execute(run: Any) -> dict:
 
 def save_embeddings(run: Any, ens: Ensemble, batches: Any, idx: np.ndarray, ids: list, device: Any) -> None:
     """``embeddings.h5``: one (N, D) dataset per fold model that has an ``embed`` method."""
-    import os
-
     import h5py
     import torch
+
+    from .outputs import atomic_path
 
     models = [(f.path.name, f.model) for f in ens.folds if hasattr(f.model, "embed")]
     if not models:
@@ -199,10 +199,8 @@ def save_embeddings(run: Any, ens: Ensemble, batches: Any, idx: np.ndarray, ids:
                     arrays[name] = np.zeros((len(idx), e.shape[-1]), dtype=np.float32)
                 arrays[name][rows] = e
     path = run.modedir / "embeddings.h5"
-    tmp = path.with_suffix(".h5.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
         for name, arr in arrays.items():
             f.create_dataset(f"fold_{name}", data=arr, compression="gzip")
-    os.replace(tmp, path)
     run.log.info("embeddings written to %s", path)

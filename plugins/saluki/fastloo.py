@@ -47,6 +47,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import model as _model
+
 __all__ = ["fast_loo", "full_forward_loo"]
 
 _CHUNK = 1024  # most perturbations per chunk (the largest temporary is (2K, chunk, filters))
@@ -55,8 +57,6 @@ _MIN_CHUNK = 256  # fewest perturbations per chunk when chunks are spread over t
 
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's own activation table (kept in sync with :mod:`.model`)."""
-    from . import model as _model
-
     table = getattr(_model, "_ACTIVATIONS", None)
     if table is not None and name in table:
         return table[name]
@@ -65,16 +65,6 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if name == "linear":
         return lambda x: x
     raise ValueError(f"unsupported Saluki activation {name!r}")
-
-
-def _trunk_lengths(length: int, k: int, num_layers: int) -> list[int]:
-    """Rows after conv0 and after every block (the last: GRU steps)."""
-    t = length - k + 1
-    out = [t]
-    for _ in range(num_layers):
-        t = (t - k + 1) // 2
-        out.append(t)
-    return out
 
 
 def _window_starts(p: int, k: int, num_layers: int) -> list[int]:
@@ -171,7 +161,7 @@ def _prefix_length(length: int, n_eff: int, k: int, num_layers: int) -> int:
     Row ``r`` of layer ``i`` (0 = conv0 output, i = block i-1 output) reads input rows from
     ``2**i * r`` on, so rows ``r > (n_eff - 1) // 2**i`` cannot see data."""
     def ok(lp: int) -> bool:
-        lens = _trunk_lengths(lp, k, num_layers)
+        lens = _model.trunk_lengths(lp, k, num_layers)
         if lens[-1] < 1:
             return False
         if any(t <= (n_eff - 1) // (1 << i) for i, t in enumerate(lens)):
@@ -246,7 +236,7 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
     p_min, p_max = int(pos.min()), int(pos.max())
     if p_min < 0 or p_max >= length:
         raise ValueError(f"fast_loo: positions must lie in [0, {length})")
-    lens_full = _trunk_lengths(length, k, nl)
+    lens_full = _model.trunk_lengths(length, k, nl)
     if lens_full[-1] < 1:
         raise ValueError(f"fast_loo: input length {length} leaves no GRU step")
 
@@ -260,7 +250,7 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
         nz = torch.nonzero(x.abs().sum(1)).flatten()
         n_eff = max(int(n), p_max + 1, int(nz.max()) + 1 if nz.numel() else 0, 1)
         lp = _prefix_length(length, n_eff, k, nl)
-        lens = _trunk_lengths(lp, k, nl)
+        lens = _model.trunk_lengths(lp, k, nl)
         xs = x[:lp].contiguous()
         # rows each layer's windows touch, from the first and the last position's windows
         lo = _window_starts(p_min, k, nl)
