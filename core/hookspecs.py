@@ -74,8 +74,9 @@ class ModelSpec:
         :class:`biolm.core.spec.ModelInfo` (task, number of outputs, input channels, block size,
         tokenizer). The module's ``forward(batch)`` takes the dict made by the tokenizer spec's
         ``make_input`` and returns ``(B, n_outputs)`` (regression values or class logits).
-    pretrain_loss : optional ``pretrain_loss(model, batch, generator) -> loss`` (a scalar tensor)
-        for ``pre-train`` (masked-LM and the like).
+    pretrain_loss : optional ``pretrain_loss(model, batch, generator) -> loss`` or
+        ``(loss, n_scored)`` (a scalar tensor and the number of scored tokens) for ``pre-train``
+        (masked-LM and the like); ``generator`` is a seeded ``torch.Generator`` for the masking.
     fast_loo : optional ``fast_loo(model, inp, n, positions, rows) -> (P, n_outputs)``: raw outputs
         of ``model`` for P copies of the one-sequence input ``inp`` (``inp["x"]`` is (1, L, C), real
         length ``n``) in which row ``positions[j]`` is replaced by ``rows[j]`` (C,), for
