@@ -372,6 +372,10 @@ def train(
             n_batches = 0
             task_id = progress.add_task(f"fold {fold} epoch {state.epoch + 1}", total=len(train_idx)) if progress else None
             for k, (idx, inp, y, w) in enumerate(batches(train_idx, shuffle=True, seed=epoch_seed, shard=True)):
+                if len(idx) == 1 and k > 0:
+                    # BatchNorm cannot normalise a single sample in training mode; the next epoch's
+                    # shuffle puts another sample last, so every sample is still trained on
+                    continue
                 state.batch = inp
                 pm.hook.on_batch_begin(state=state)
                 with autocast(device, precision):

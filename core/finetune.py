@@ -21,8 +21,6 @@ from .splits import make_folds
 
 
 def execute(run: Any) -> dict:
-    import torch
-
     from .engine import resolve_device
 
     cfg, src, tr = run.cfg, run.cfg.finetuning_source, run.cfg.settings.training
@@ -46,9 +44,6 @@ def execute(run: Any) -> dict:
     run.log.info("%d records, %d fold(s), device %s", n, len(folds), device)
     results = []
     for fold in folds:
-        for part, idx in (("train", fold.train), ("validation", fold.val)):
-            if len(idx) == 0:
-                raise ConfigError("fine-tuning data source.splitratio", f"fold {fold.name}: empty {part} split")
         results.append(fit_fold(run, store, tokenizer, fold, weights, device))
     summary_metrics = results[0]
     cv = M.summarize_folds(results)

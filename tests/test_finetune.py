@@ -216,3 +216,10 @@ def test_saluki_classification_with_cross_validation_and_cv_parent_predict(tmp_p
     assert len(rows) == 90 and {"fold_0_prob_stable", "fold_1_prob_unstable"} <= set(rows[0])
     i = run("saluki", "interpret", task="classification", configfile=cfg, quiet=True, cli_values={"looscores.handletokens": "mask", "inference_source.filepath": str(rna_file)})
     assert len(_read_csv(i.modedir / "loo_scores_mask.csv")) > 0
+
+
+def test_a_last_training_batch_of_one_does_not_break_batchnorm(tmp_path, rna_file):
+    # 90 records, 70% train = 63 = 2 x 31 + 1: the last training batch holds a single sample
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", fine_tuning_data_source={"splitratio": "70,30"}, settings={"training": {"batchsize": 31, "blocksize": 320, "nepochs": 1}}, model={"filters": 8})
+    r = run("saluki", "fine-tune", task="regression", configfile=cfg, quiet=True)
+    assert (r.modedir / "0/pytorch_model.bin").exists()
