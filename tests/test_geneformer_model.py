@@ -24,8 +24,6 @@ from biolm.plugins.geneformer.model import (
     GeneRankTokenizer,
     NonzeroMedianAccumulator,
     activate_tokens,
-    activation_variants,
-    deletion_variants,
     load_hf_bert_weights,
     mean_pool,
     mlm_mask,
@@ -204,37 +202,51 @@ def test_deletion_tokens_exact():
     assert OUT["del_input_ids"][6, -1] == 18
 
 
+def _core_variants(ids_tok: np.ndarray, cell: int, positions, how: str) -> np.ndarray:
+    """Variants of one cell through interpret's own tensor perturbation (``biolm.core.interpret.perturb``)
+    on the stored form (gene index, -1 = padding), turned back into model tokens of length L."""
+    from biolm.core.interpret import perturb
+
+    row = ids_tok[cell]
+    stored = torch.as_tensor(np.where(row > 0, row - 2, -1))
+    n = int((row > 0).sum())
+    out, _, _ = perturb(stored, torch.zeros(len(stored), 0), n, np.asarray(positions), how)
+    out = out[:, :L]
+    return torch.where(out >= 0, out + 2, torch.zeros_like(out)).numpy()
+
+
 def test_deletion_variants_equal_retokenising():
     tok = _fixture_tokenizer()
     ids_ext, _ = tok.encode(COUNTS["counts_ng"], max_len=L + 1)
-    variants = deletion_variants(torch.from_numpy(ids_ext), L)
-    assert variants.shape == (8, L, L)
     # the fixture's per-cell deletions sit at position 2 of each cell
-    assert np.array_equal(variants[:, 2].numpy(), OUT["delcell_input_ids"])
+    for cell in range(8):
+        assert np.array_equal(_core_variants(ids_ext, cell, [2], "remove")[0], OUT["delcell_input_ids"][cell])
     # every position of the truncated cell 6 and the padded cell 1, against the tokenizer
     for cell in (1, 6):
         n_valid = int((ids_ext[cell, :L] != 0).sum())
+        variants = _core_variants(ids_ext, cell, range(n_valid), "remove")
         for p in range(n_valid):
             gene = tok.decode(ids_ext[cell, p : p + 1])[0]
             ref, _ = tok.encode(COUNTS["counts_ng"][cell : cell + 1], feature_deletion=[gene])
-            assert np.array_equal(variants[cell, p].numpy(), ref[0]), (cell, p)
+            assert np.array_equal(variants[p], ref[0]), (cell, p)
     # with exactly L columns a PAD enters instead of the next gene
-    short = deletion_variants(torch.from_numpy(TOK["input_ids"]), L)
-    assert short[6, 0, -1] == PAD_TOKEN_ID
+    short = _core_variants(TOK["input_ids"], 6, [0], "remove")
+    assert short[0, -1] == PAD_TOKEN_ID
     # a slice of positions gives the same variants
-    assert torch.equal(deletion_variants(torch.from_numpy(ids_ext), L, positions=[2, 5]), variants[:, [2, 5]])
+    full = _core_variants(ids_ext, 6, range(L), "remove")
+    assert np.array_equal(_core_variants(ids_ext, 6, [2, 5], "remove"), full[[2, 5]])
 
 
 def test_activation_variants_equal_retokenising():
     tok = _fixture_tokenizer()
     ids, _ = tok.encode(COUNTS["counts_ng"])
-    variants = activation_variants(torch.from_numpy(ids), L, positions=torch.arange(4))
-    assert variants.shape == (8, 4, L)
     for cell in (3, 6, 7):
+        variants = _core_variants(ids, cell, range(4), "activate")
+        assert variants.shape == (4, L)
         for p in range(4):
             gene = tok.decode(ids[cell, p : p + 1])[0]
             ref, _ = tok.encode(COUNTS["counts_ng"][cell : cell + 1], feature_activation=[gene])
-            assert np.array_equal(variants[cell, p].numpy(), ref[0]), (cell, p)
+            assert np.array_equal(variants[p], ref[0]), (cell, p)
 
 
 def test_activation_semantics():

@@ -48,8 +48,6 @@ __all__ = [
     "NonzeroMedianAccumulator",
     "GeneOrder",
     "GeneRankTokenizer",
-    "deletion_variants",
-    "activation_variants",
     "activate_tokens",
     "trim_padding",
     "mlm_mask",
@@ -614,92 +612,6 @@ class GeneRankTokenizer:
 
 
 # ============================================================================ token-level perturbations
-def _variant_source(max_len: int, positions: torch.Tensor, activation: bool) -> torch.Tensor:
-    """``(P, L)`` column of the extended sentence read by position ``j`` of variant ``p``."""
-    j = torch.arange(max_len, device=positions.device)[None, :]
-    p = positions[:, None]
-    if activation:
-        # rank 1 <- p; ranks 1..p <- shifted down by one; later ranks unchanged
-        return torch.where(j == 0, p, torch.where(j <= p, j - 1, j))
-    return j + (j >= p).long()
-
-
-def _positions(positions: Any, max_len: int, device: torch.device) -> torch.Tensor:
-    if positions is None:
-        return torch.arange(max_len, device=device)
-    pos = torch.as_tensor(positions, device=device).long().view(-1)
-    if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= max_len):
-        raise ValueError(f"positions must lie in [0, {max_len - 1}]")
-    return pos
-
-
-def _extended(input_ids: torch.Tensor, max_len: int) -> torch.Tensor:
-    b, k = input_ids.shape
-    if k < max_len:
-        raise ValueError(f"input_ids has {k} columns, need at least max_len = {max_len}")
-    ids = input_ids[:, : max_len + 1]
-    if ids.shape[1] == max_len:
-        ids = torch.cat([ids, ids.new_zeros(b, 1)], dim=1)
-    return ids
-
-
-def deletion_variants(
-    input_ids: torch.Tensor, max_len: int, positions: torch.Tensor | Sequence[int] | None = None
-) -> torch.Tensor:
-    """Single-gene deletions of rank-ordered sentences, without re-tokenising.
-
-    Deleting the gene at position ``p`` is what ``feature_deletion`` does: later genes move up
-    and the next-ranked gene enters at the end. Encode with ``max_len + 1`` so that gene is
-    available; with exactly ``max_len`` columns a PAD enters instead.
-
-    Parameters
-    ----------
-    input_ids
-        ``(B, K)`` int64 rank-ordered tokens with ``K >= max_len``.
-    max_len
-        Length ``L`` of the variants.
-    positions
-        ``(P,)`` positions to delete (default: all ``L``), so long sentences can be processed in
-        slices of positions.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, P, L)``: ``[b, i]`` is sentence ``b`` without position ``positions[i]``. Variants
-        for PAD positions equal the unperturbed sentence; callers skip them. The attention mask
-        of a variant is ``variant != PAD_TOKEN_ID``.
-    """
-    ids = _extended(input_ids, max_len)
-    pos = _positions(positions, max_len, ids.device)
-    return ids[:, _variant_source(max_len, pos, activation=False)]
-
-
-def activation_variants(
-    input_ids: torch.Tensor, max_len: int, positions: torch.Tensor | Sequence[int] | None = None
-) -> torch.Tensor:
-    """Move the gene at each position to rank 1 (``feature_activation`` of a present gene).
-
-    Parameters
-    ----------
-    input_ids
-        ``(B, K)`` int64 rank-ordered tokens with ``K >= max_len``.
-    max_len
-        Length ``L`` of the variants.
-    positions
-        ``(P,)`` positions to activate (default: all ``L``).
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, P, L)``: ``[b, i]`` is sentence ``b`` with the gene at ``positions[i]`` first and the
-        genes above it shifted down one rank. Variants for PAD positions are meaningless;
-        callers skip them. For genes outside the sentence use :func:`activate_tokens`.
-    """
-    ids = _extended(input_ids, max_len)
-    pos = _positions(positions, max_len, ids.device)
-    return ids[:, _variant_source(max_len, pos, activation=True)]
-
-
 def activate_tokens(input_ids: torch.Tensor, tokens: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """Move one gene per sentence to rank 1 (``feature_activation`` on token ids).
 
