@@ -53,8 +53,7 @@ def _load(path: Any):
 def _encode(tok: Any, source: Any, cfg: Any, log: Any, label_kind: str | None):
     """Parse, encode and cut each record to the block size (the window is kept, for offsets)."""
     from .datasource import ReadStats, read_records
-    from .store import EncodedRecord
-    from .tokenizer import find_center, window
+    from .tokenizer import encode_records
 
     opts = delimited_options(source, label_kind=label_kind)
     blocksize = cfg.settings.training.blocksize
@@ -64,11 +63,7 @@ def _encode(tok: Any, source: Any, cfg: Any, log: Any, label_kind: str | None):
 
     def records() -> Iterator[Any]:
         stats = ReadStats()
-        for rec in read_records(opts, stats):
-            ids, mods = tok.encode(rec)
-            center = find_center(rec.tokens, centertoken) if centertoken else None
-            start, end = window(len(ids), blocksize, lefttailing, center)
-            yield EncodedRecord(rec.id, ids[start:end], mods[start:end], rec.label, rec.weight, rec.split, start, len(ids))
+        yield from encode_records(read_records(opts, stats), tok, blocksize, lefttailing, centertoken)
         log_read_stats(stats, log, source.filepath)
         if tok.unknown_counts:
             common = ", ".join(f"{t!r} x{c}" for t, c in tok.unknown_counts.most_common(10))
