@@ -19,10 +19,10 @@ import torch
 
 
 def build(tmp: Path, n: int, blocksize: int):
-    from biolm.core.datasource import DelimitedOptions, read_records
+    from biolm.core.delimited import DelimitedOptions, read_records
     from biolm.core.exampledata import write_dataset
     from biolm.core.store import Store, build_store
-    from biolm.core.tokenizer import AtomicTokenizer, encode_records
+    from biolm.core.atomic_tokenizer import AtomicTokenizer, encode_records
 
     data = write_dataset(tmp / "rna.txt", n, seed=1, min_len=500, max_len=3000)
     opts = DelimitedOptions(str(data), columnsep="\t", tokensep=",", idpos=1, labelpos=3, seqpos=6)
@@ -32,8 +32,8 @@ def build(tmp: Path, n: int, blocksize: int):
 
 
 def pipeline_rate(store, tok, blocksize: int, batch: int, seconds: float) -> float:
-    from biolm.core.store import make_loader
-    from biolm.core.tokenizer import onehot
+    from biolm.core.batching import make_loader
+    from biolm.core.atomic_tokenizer import onehot
 
     idx = np.arange(len(store))
     n, t0 = 0, time.perf_counter()

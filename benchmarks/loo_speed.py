@@ -22,7 +22,7 @@ import torch
 
 
 def saluki_case(length: int, n_real: int, n_pos: int, batch: int, seed: int = 0) -> dict:
-    from biolm.core.spec import ModelInfo
+    from biolm.core.hookspecs import ModelInfo
     from biolm.plugins.saluki import SalukiSchema, _build, _fast_loo
 
     torch.manual_seed(seed)

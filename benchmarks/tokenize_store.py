@@ -50,9 +50,9 @@ def generate(path: str, n: int, mean_tokens: int, seed: int = 0) -> int:
 
 def child(path: str, out: str) -> None:
     """Run the pipeline once on ``path`` and print a JSON line of timings and peak RSS."""
-    from biolm.core.datasource import DelimitedOptions, ReadStats, read_records
+    from biolm.core.delimited import DelimitedOptions, ReadStats, read_records
     from biolm.core.store import Store, build_store, source_hash
-    from biolm.core.tokenizer import AtomicTokenizer, encode_records
+    from biolm.core.atomic_tokenizer import AtomicTokenizer, encode_records
 
     opts = DelimitedOptions(path, columnsep="\t", tokensep=",", idpos=1, labelpos=2, seqpos=3, label_kind="float")
     t = {}

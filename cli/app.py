@@ -17,10 +17,9 @@ from typer.core import TyperGroup
 
 from biolm import __version__
 from biolm.core.errors import BiolmError
-from biolm.core.hookspecs import MODES
+from biolm.core.modes import MODE_NAMES, MODES
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-TASK_MODES = ("fine-tune", "predict", "interpret")
 _state = {"debug": bool(os.environ.get("BIOLM_DEBUG")), "quiet": False}
 
 
@@ -47,38 +46,66 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(1)
 
 
-def _option_for(spec, index: int) -> inspect.Parameter:
+def _default_text(spec) -> str | None:
+    """The key's default as ``-h`` shows it (core default; a plugin may override it)."""
+    import dataclasses
+
+    f = spec.field
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, str) and value.strip() != value else str(value)
+
+
+def _option_for(spec, index: int, defaults: dict) -> inspect.Parameter:
     """A Typer option generated from one schema key."""
     meta = spec.meta
-    kind = meta["kind"]
+    parser = meta["parse"]
     flag = meta.get("flag") or spec.key.replace("_", "-")
     help_text = meta["help"]
     if meta.get("choices"):
         help_text += f" [{'|'.join(meta['choices'])}]"
-    panel = spec.section_title
-    if kind == "bool":
+    default = defaults.get(spec.path, _default_text(spec))
+    if default is not None:
+        help_text += f" [default: {default}]"
+    if parser.cli is bool:
         decl = (f"--{flag}/--no-{flag}",)
         annotation: Any = Optional[bool]
     else:
         decl = (f"--{flag}",)
-        annotation = {"int": Optional[int], "float": Optional[float]}.get(kind, Optional[str])
+        annotation = {int: Optional[int], float: Optional[float]}.get(parser.cli, Optional[str])
     return inspect.Parameter(
         f"opt_{index}",
         inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(None, *decl, help=help_text, rich_help_panel=panel, show_default=False),
+        default=typer.Option(None, *decl, help=help_text, rich_help_panel=spec.section_title, show_default=False),
         annotation=annotation,
     )
 
 
+def _plugin_defaults(plugin) -> dict:
+    """settings keys the plugin sets (its training_defaults), as ``-h`` shows them."""
+    from biolm.core.schema import Config, iter_keys
+
+    out = {}
+    for spec in iter_keys(Config):
+        if spec.path[0] == "settings" and spec.key in plugin.training_defaults:
+            value = plugin.training_defaults[spec.key]
+            out[spec.path] = "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
 def _mode_command(plugin_name: str, mode: str):
-    from biolm.core.config import all_specs
     from biolm.core.schema import keys_for_mode
 
     reg = _registry()
     plugin = reg.plugin(plugin_name)
     specs = keys_for_mode(mode, plugin.model_schema)
     params = []
-    if mode in TASK_MODES:
+    if MODES[mode].needs_task:
         params.append(
             inspect.Parameter(
                 "task",
@@ -96,14 +123,14 @@ def _mode_command(plugin_name: str, mode: str):
         )
     )
     seen: dict[str, str] = {}
+    defaults = _plugin_defaults(plugin)
     for i, spec in enumerate(specs):
         flag = spec.meta.get("flag") or spec.key.replace("_", "-")
         if flag in seen:  # a plugin key named like a core key: keep the core one's name
             continue
         seen[flag] = spec.dotted
-        params.append(_option_for(spec, i))
+        params.append(_option_for(spec, i, defaults))
     paths = {f"opt_{i}": ".".join(s.path) for i, s in enumerate(specs)}
-    del all_specs
 
     def command(**kwargs: Any) -> None:
         task = kwargs.pop("task", None)
@@ -119,13 +146,7 @@ def _mode_command(plugin_name: str, mode: str):
             _fail(exc)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    doc = {
-        "tokenize": "Learn the tokenizer on the tokenizing data source; writes OUTPUTPATH/tokenizer.json.",
-        "pre-train": "Pre-train the model (masked-LM) on the tokenizing data source.",
-        "fine-tune": "Train for regression or classification, with splits and cross-validation.",
-        "predict": "Predict with a fine-tuned model (a fold folder or a cross-validation parent).",
-        "interpret": "Leave-one-out importance scores for every token of every sequence.",
-    }[mode]
+    doc = MODES[mode].help
     command.__doc__ = doc
     sub = typer.Typer(context_settings=CONTEXT, add_completion=False, pretty_exceptions_enable=False)
     sub.command(name=mode, help=doc)(command)
@@ -141,28 +162,29 @@ class PluginGroup(TyperGroup):
         self.modes = modes
 
     def list_commands(self, ctx):
-        return [m for m in MODES if m in self.modes]
+        return [m for m in MODE_NAMES if m in self.modes]
 
     def get_command(self, ctx, name):
         if name not in self.modes:
             return None
         return _mode_command(self.plugin_name, name)
 
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else None
+        if name and name not in self.modes and not name.startswith("-"):
+            import difflib
+
+            hint = difflib.get_close_matches(name, list(self.modes) + ["fine-tune", "pre-train"], n=1, cutoff=0.6)
+            extra = f" Did you mean {hint[0]!r}?" if hint and hint[0] in self.modes else ""
+            ctx.fail(f"No such mode {name!r} for {self.plugin_name}; its modes: {', '.join(self.list_commands(ctx))}.{extra}")
+        return super().resolve_command(ctx, args)
+
     def format_commands(self, ctx, formatter):
         # listing modes must not build their (schema-sized) option lists
-        rows = [(m, _MODE_HELP[m]) for m in self.list_commands(ctx)]
+        rows = [(m, MODES[m].summary) for m in self.list_commands(ctx)]
         if rows:
             with formatter.section("Modes"):
                 formatter.write_dl(rows)
-
-
-_MODE_HELP = {
-    "tokenize": "learn the tokenizer",
-    "pre-train": "masked-LM pre-training",
-    "fine-tune": "train with splits / cross-validation",
-    "predict": "predict with a fine-tuned model",
-    "interpret": "leave-one-out scores",
-}
 
 
 class RootGroup(TyperGroup):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import difflib
-import json
 import os
 import platform
 from pathlib import Path
@@ -20,10 +19,8 @@ import yaml
 
 from .errors import BiolmError, ConfigError
 from .hookspecs import PluginConfig
+from .parsers import from_text, is_unset, parse_splitratio, parse_splits  # noqa: F401  (parse_* re-exported)
 from .schema import SOURCE_FOR_MODE, Config, KeySpec, is_section, iter_keys, yaml_name
-
-UNSET_STRINGS = {"", "none", "null", "~"}
-
 
 class _Unset:
     def __repr__(self) -> str:
@@ -33,195 +30,17 @@ class _Unset:
 UNSET = _Unset()
 
 
-def _is_unset(value: Any, meta: dict) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str) and value.strip().lower() in UNSET_STRINGS:
-        return True
-    if value is False and meta.get("false_is_unset"):
-        return True
-    return False
-
-
-def _scalar_from_text(value: Any) -> Any:
-    """CLI strings and quoted YAML strings for structured keys are parsed as YAML."""
-    if isinstance(value, str):
-        try:
-            return yaml.safe_load(value)
-        except yaml.YAMLError:
-            return value
-    return value
-
-
-def _to_int(value: Any, where: str) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(where, f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise ConfigError(where, f"expected an integer, got {value!r}")
-
-
-def _to_float(value: Any, where: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(where, f"expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:  # PyYAML reads 1e-4 (no dot) as a string
-            return float(value.strip())
-        except ValueError:
-            pass
-    raise ConfigError(where, f"expected a number, got {value!r}")
-
-
-def _to_bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("true", "yes", "on", "1"):
-            return True
-        if v in ("false", "no", "off", "0"):
-            return False
-    raise ConfigError(where, f"expected true or false, got {value!r}")
-
-
-def parse_splitratio(value: Any, where: str) -> tuple[int, ...]:
-    """``85,15`` | ``"85,15"`` | ``[85, 15]`` | ``"70/20/10"`` -> (85, 15) / (70, 20, 10)."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace("/", ",").replace(" ", ",").split(",") if p]
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        raise ConfigError(where, f"expected 2 or 3 percentages like '85,15' or '70/20/10', got {value!r}")
-    try:
-        nums = tuple(_to_int(p, where) for p in parts)
-    except ConfigError:
-        raise ConfigError(where, f"expected whole-number percentages like '85,15' or '70/20/10', got {value!r}") from None
-    if len(nums) not in (2, 3) or any(n <= 0 for n in nums) or sum(nums) != 100:
-        raise ConfigError(where, f"expected 2 or 3 positive percentages summing to 100, got {value!r}")
-    return nums
-
-
-def _split_id(value: Any, where: str) -> str:
-    if isinstance(value, (list, dict)):
-        raise ConfigError(where, f"expected a split id, got {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
-def parse_splits(value: Any, where: str) -> list:
-    """A list of split ids, or a list of lists of split ids (cross-validation). Ids become strings."""
-    value = _scalar_from_text(value)
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(where, f"expected a list like [1, 2] or a list of lists like [[1], [2]], got {value!r}")
-    if all(isinstance(v, (list, tuple)) for v in value):
-        out = [[_split_id(x, where) for x in v] for v in value]
-        if any(not v for v in out):
-            raise ConfigError(where, f"empty fold in {value!r}")
-        return out
-    if any(isinstance(v, (list, tuple)) for v in value):
-        raise ConfigError(where, f"mixes split ids and lists: {value!r}; use a list or a list of lists")
-    return [_split_id(v, where) for v in value]
-
-
-def parse_mapping(value: Any, where: str, key: str) -> dict:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
-    if not isinstance(value, dict):
-        raise ConfigError(where, f"expected a mapping (or its JSON string), got {value!r}")
-    if key == "qualityweights":
-        return {str(k): _to_float(v, f"{where}.{k}") for k, v in value.items()}
-    if key == "replacementdict":
-        out = {}
-        for k, v in value.items():
-            if isinstance(v, str):
-                v = [v]
-            if not isinstance(v, (list, tuple)) or not all(isinstance(x, (str, int)) for x in v):
-                raise ConfigError(where, f"replacements of {k!r} must be a list of tokens, got {v!r}")
-            out[str(k)] = [str(x) for x in v]
-        return out
-    return dict(value)
-
-
 def coerce(spec: KeySpec, value: Any, source: str | None = None) -> Any:
-    """Validate and convert one value for ``spec``; returns :data:`UNSET` for "not set"."""
+    """Validate and convert one value for ``spec`` with its parser; :data:`UNSET` for "not set"."""
     meta = spec.meta
-    where = spec.dotted
-    kind = meta["kind"]
-    if kind in ("splits", "mapping", "intorbool", "posorfalse", "intlist") and isinstance(value, str):
-        value = _scalar_from_text(value)
-    if _is_unset(value, meta):
+    parser = meta["parse"]
+    if parser.structured:
+        value = from_text(value)
+    if is_unset(value, meta["false_is_unset"]):
         return UNSET
+    where = spec.dotted
     try:
-        if kind == "int":
-            out = _to_int(value, where)
-        elif kind == "float":
-            out = _to_float(value, where)
-        elif kind == "bool":
-            out = _to_bool(value, where)
-        elif kind in ("str", "path", "strorfalse"):
-            if isinstance(value, (list, dict)):
-                raise ConfigError(where, f"expected a text value, got {value!r}")
-            if value is True:
-                raise ConfigError(where, f"expected a text value or False, got {value!r}")
-            out = str(value)
-        elif kind == "choice":
-            text = str(value).strip()
-            lowered = {c.lower(): c for c in meta["choices"]}
-            if text.lower() not in lowered:
-                hint = difflib.get_close_matches(text.lower(), list(lowered), n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(where, f"expected one of {', '.join(meta['choices'])}, got {value!r}{extra}")
-            out = lowered[text.lower()]
-        elif kind == "splitratio":
-            out = parse_splitratio(value, where)
-        elif kind == "splits":
-            out = parse_splits(value, where)
-        elif kind == "intorbool":
-            if isinstance(value, bool):
-                out = value
-            else:
-                out = _to_int(value, where)
-                if out == 0:
-                    out = False
-                elif out == 1:
-                    raise ConfigError(where, "cross-validation needs at least 2 folds; use False to switch it off")
-                elif out < 0:
-                    raise ConfigError(where, f"expected False, True or a number of folds >= 2, got {value!r}")
-        elif kind == "posorfalse":
-            out = 1 if value is True else _to_int(value, where)
-            if out < 1:
-                raise ConfigError(where, f"column positions are 1-based, got {value!r}")
-        elif kind == "mapping":
-            out = parse_mapping(value, where, spec.key)
-        elif kind == "intlist":
-            value = _scalar_from_text(value)
-            if isinstance(value, (int, str)) and not isinstance(value, bool):
-                value = [value]
-            if not isinstance(value, (list, tuple)) or not value:
-                raise ConfigError(where, f"expected a list of integers like [2, 2], got {value!r}")
-            out = [_to_int(v, where) for v in value]
-        else:  # pragma: no cover - schema bug
-            raise ConfigError(where, f"unknown kind {kind}")
+        out = parser(value, where)
     except ConfigError as e:
         if source and not e.source:
             raise ConfigError(e.key, str(e).split(": ", 1)[1], source) from None

@@ -14,29 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .hookspecs import MODES
+from .modes import MODE_NAMES as MODES
 from .schema import ALL_MODES, Config, is_section, iter_keys, yaml_name
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
-
-KINDS = {
-    "int": "integer",
-    "float": "number",
-    "bool": "true/false",
-    "str": "text",
-    "path": "path",
-    "strorfalse": "text or false",
-    "posorfalse": "column (1-based) or false",
-    "intorbool": "false, true or integer",
-    "splitratio": "percentages",
-    "splits": "list or list of lists",
-    "mapping": "mapping",
-    "intlist": "list of integers",
-    "floatlist": "list of numbers",
-    "choice": "one of",
-}
-
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
@@ -65,7 +47,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _type(meta: dict) -> str:
-    kind = KINDS.get(meta["kind"], meta["kind"])
+    kind = meta["parse"].name
     if meta.get("choices"):
         kind += " " + ", ".join(f"`{c}`" for c in meta["choices"])
     lo, hi = meta.get("minimum"), meta.get("maximum")

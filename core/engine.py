@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .batching import Batches
 from .hookspecs import hookimpl
 from .outputs import read_json, save_torch, write_json
 
@@ -218,32 +219,6 @@ class Task:
         return (per * w).sum() / denom.clamp_min(1e-12)
 
 
-class Batches:
-    """Store batches -> model input dicts on the device (targets and weights alongside)."""
-
-    def __init__(self, make_loader: Callable[..., Any], make_input: Callable[[dict], dict], device: torch.device, y: np.ndarray | None, w: np.ndarray | None):
-        self.make_loader = make_loader
-        self.make_input = make_input
-        self.device = device
-        self.y = None if y is None else torch.as_tensor(y)
-        self.w = None if w is None else torch.as_tensor(w, dtype=torch.float32)
-
-    def __call__(self, indices: np.ndarray, shuffle: bool, seed: int = 0, shard: bool = False):
-        """Batches of ``indices``; ``shard``: only this process's share (distributed training)."""
-        from .distributed import is_distributed
-        from .distributed import shard as shard_of
-
-        if shard and is_distributed():
-            indices, shuffle = shard_of(indices, shuffle, seed), False
-        for batch in self.make_loader(indices, shuffle, seed):
-            idx = batch["index"]
-            dev = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            inp = self.make_input(dev)
-            y = self.y[idx].to(self.device) if self.y is not None else None
-            w = self.w[idx].to(self.device) if self.w is not None else torch.ones(len(idx), device=self.device)
-            yield idx, inp, y, w
-
-
 def evaluate(model: torch.nn.Module, batches: Batches, indices: np.ndarray, task: Task | None, device: torch.device, precision: str) -> tuple[np.ndarray, float]:
     """Outputs (N, n_outputs) in the order of ``indices`` and the mean loss (NaN without labels).
 
@@ -330,12 +305,14 @@ def train(
     val_metrics: Callable[[np.ndarray], dict] | None = None,
     progress: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None,
 ) -> TrainState:
     """Train one fold; returns the state with the best weights restored into ``model``.
 
     ``loss_fn(model, inp, y, w) -> loss`` replaces ``task.loss(model(inp), y, w)`` for objectives
     that are not a function of the outputs alone (masked-LM pre-training); validation then
-    reports the mean of ``loss_fn`` and no outputs.
+    reports the mean of ``loss_fn`` and no outputs. ``penalty(model)`` (the plugin's
+    ``ModelSpec.penalty``) is added to every training batch's loss.
     """
     state = TrainState(plugin, fold, folddir, model, optimizer, nepochs, log=log)
     if resume:
@@ -360,7 +337,6 @@ def train(
             pm.hook.on_train_begin(state=state)
         from .distributed import unwrap
 
-        penalty = getattr(unwrap(model), "penalty", None)
         while state.epoch < nepochs and not state.stop_training:
             t0 = time.perf_counter()
             model.train()
@@ -370,7 +346,9 @@ def train(
             # the shuffle depends only on (seed, fold, epoch): a resumed run sees the same order
             epoch_seed = int(np.random.SeedSequence([seed, int(fold) if fold.isdigit() else 0, state.epoch]).generate_state(1)[0])
             n_batches = 0
-            task_id = progress.add_task(f"fold {fold} epoch {state.epoch + 1}", total=len(train_idx)) if progress else None
+            label = f"fold {fold} epoch {state.epoch + 1}/{nepochs}" if fold != "pre-train" else f"pre-train epoch {state.epoch + 1}/{nepochs}"
+            if progress is not None:
+                progress.start(label, len(train_idx))
             for k, (idx, inp, y, w) in enumerate(batches(train_idx, shuffle=True, seed=epoch_seed, shard=True)):
                 if len(idx) == 1 and k > 0:
                     # BatchNorm cannot normalise a single sample in training mode; the next epoch's
@@ -381,7 +359,7 @@ def train(
                 with autocast(device, precision):
                     loss = loss_fn(model, inp, y, w) if loss_fn is not None else task.loss(model(inp), y, w)
                     if penalty is not None:
-                        loss = loss + penalty()
+                        loss = loss + penalty(unwrap(model))
                 (loss / gradacc).backward()
                 pm.hook.on_after_backward(state=state)
                 n_batches += 1
@@ -393,12 +371,12 @@ def train(
                 n_seen += len(idx)
                 pm.hook.on_batch_end(state=state)
                 if progress is not None:
-                    progress.update(task_id, advance=len(idx), description=f"fold {fold} epoch {state.epoch + 1} loss {state.loss:.4g}")
+                    progress.advance(len(idx), f"{label} loss {state.loss:.4g}")
             if n_batches % gradacc:
                 _step(model, optimizer, clipnorm)
                 state.step += 1
             if progress is not None:
-                progress.remove_task(task_id)
+                progress.finish()
             if loss_fn is not None:
                 val_loss = evaluate_loss(model, batches, val_idx, loss_fn, device, precision)
             else:

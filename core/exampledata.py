@@ -141,7 +141,7 @@ def write_expression_example(path: Path, n_cells: int = 300, n_genes: int = 200,
     """
     import scipy.sparse as sp
 
-    from .expression import write_h5ad
+    from .h5ad import write_h5ad
 
     n_housekeeping = 10
     if n_housekeeping + n_types * n_markers > n_genes:

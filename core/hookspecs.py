@@ -1,34 +1,57 @@
-"""The plugin author's API: every hook biolm calls, and the spec objects they register.
+"""The plugin author's API — everything a biolm plugin uses is in this one file.
 
 A plugin is a module listed under the ``biolm`` entry-point group::
 
     [project.entry-points.biolm]
     myplug = "myplug.plugin"
 
-whose module defines functions marked with :data:`hookimpl`. Three hooks describe a model
-(``register_config``, ``register_tokenizer``, ``register_model``); the training-event hooks let any
-installed package observe or steer training without touching the engine.
+whose module defines functions marked with :data:`hookimpl`. Three hooks describe a model:
+
+- ``register_config``: the plugin's name, description, ``model:`` section and defaults
+  (:class:`PluginConfig`);
+- ``register_tokenizer`` (optional): a tokenizer kind of its own (:class:`TokenizerSpec`);
+  sequence models use core's ``atomic`` one-hot tokenizer;
+- ``register_model``: how to build and use the model (:class:`ModelSpec`).
+
+The training-event hooks (``on_train_begin`` ... ``on_train_end``) let any installed package
+observe or steer training without touching the engine.
+
+What a plugin may implement is declared here, never probed: the objects it hands to the core
+follow :class:`Tokenizer` and :class:`Model`, and every optional capability (embeddings,
+pre-trained weights, a loss penalty, a fast leave-one-out routine, one-pass fitting, exports) is
+a field of :class:`ModelSpec` that is either set or ``None``.
+
+The helpers at the end (config ``opt``, errors, atomic writes, data readers, ``InputAdapter``)
+are the rest of core's public API; a plugin imports nothing else from ``biolm.core``.
 
 Keep the plugin's entry module cheap to import (no torch at import time): ``biolm --help``
 imports every plugin to list it. Import torch inside the ``build`` functions instead.
 
 This module is versioned by :data:`BIOLM_PLUGIN_API`; a plugin may check it and refuse to load
-against an API it does not know.
+against an API it does not know. Version 2 (this one): ``ModelInfo`` moved here; model
+capabilities are ``ModelSpec`` fields (``embed``, ``load_pretrained``, ``penalty``,
+``architecture``) instead of methods looked up on the model; ``TokenizerSpec.encode`` and
+``make_input`` receive an :class:`Encoding` instead of the whole config.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import pluggy
 
-BIOLM_PLUGIN_API = 1
+from .modes import MODE_NAMES
+
+BIOLM_PLUGIN_API = 2
 
 hookspec = pluggy.HookspecMarker("biolm")
 hookimpl = pluggy.HookimplMarker("biolm")
 
-MODES = ("tokenize", "pre-train", "fine-tune", "predict", "interpret")
+MODES = MODE_NAMES
+
+# ============================================================================ spec objects
 
 
 @dataclass(frozen=True)
@@ -37,10 +60,11 @@ class PluginConfig:
 
     Parameters
     ----------
-    name : the command name (``biolm NAME ...``); lower case, no spaces.
+    name : the command name (``biolm NAME ...``); lower case, no spaces. Unique: a second plugin
+        registering an existing name is refused.
     description : one line for ``biolm --help`` and ``biolm plugins``.
-    model_schema : a dataclass type whose fields (declared with :func:`biolm.core.schema.opt`)
-        are the keys of the YAML ``model:`` section, with defaults and help.
+    model_schema : a dataclass type whose fields (declared with :func:`opt`) are the keys of the
+        YAML ``model:`` section, with defaults and help.
     training_defaults : overrides of core defaults for ``settings`` keys
         (e.g. ``{"lr": 1e-4, "batchsize": 64, "blocksize": 12288, "clipnorm": 0.5}``).
     modes : the modes this plugin supports (a subset of :data:`MODES`).
@@ -63,29 +87,80 @@ class PluginConfig:
     min_blocksize: int = 1
 
 
+@dataclass
+class ModelInfo:
+    """Facts a model needs to build itself (the second argument of ``ModelSpec.build``).
+
+    Attributes
+    ----------
+    task : ``"regression"``, ``"classification"`` or ``"pre-train"``.
+    n_outputs : regression targets (1) or number of classes (0 for pre-training).
+    in_channels : channels of the model input (one-hot vocabulary + modifier channels).
+    blocksize : maximum (or, for fixed-length models, exact) tokens per sequence: the one value
+        that sizes the input; it is saved with a trained model and read back from it.
+    tokenizer : the fitted tokenizer (a :class:`Tokenizer`).
+    extra : facts for the model (``vocab_size``; ``mlmprobability`` when pre-training).
+    architecture : ``None`` when building a new model; when rebuilding a saved one (predict,
+        interpret), what ``ModelSpec.architecture`` returned at save time.
+    """
+
+    task: str
+    n_outputs: int
+    in_channels: int
+    blocksize: int
+    tokenizer: Any = None
+    extra: dict = field(default_factory=dict)
+    architecture: dict | None = None
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How records are cut to the model's input: owned by the core (from the config when
+    training, from the trained model's ``config.json`` when predicting).
+
+    Attributes
+    ----------
+    blocksize : tokens the model reads per record.
+    lefttailing : longer records keep their right end (True) or left end (False).
+    centertoken : centre longer records on the first token whose base letter is this (or None).
+    """
+
+    blocksize: int
+    lefttailing: bool = True
+    centertoken: str | None = None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build and use a plugin's model.
+    """How to build and use a plugin's model. Only ``build`` is required.
 
     Parameters
     ----------
-    build : ``build(model_cfg, info) -> torch.nn.Module``. ``model_cfg`` is the resolved ``model:``
-        section (an instance of the plugin's ``model_schema``); ``info`` is a
-        :class:`biolm.core.spec.ModelInfo` (task, number of outputs, input channels, block size,
-        tokenizer). The module's ``forward(batch)`` takes the dict made by the tokenizer spec's
-        ``make_input`` and returns ``(B, n_outputs)`` (regression values or class logits).
-    pretrain_loss : optional ``pretrain_loss(model, batch, generator) -> loss`` or
-        ``(loss, n_scored)`` (a scalar tensor and the number of scored tokens) for ``pre-train``
-        (masked-LM and the like); ``generator`` is a seeded ``torch.Generator`` for the masking.
-    fast_loo : optional ``fast_loo(model, inp, n, positions, rows) -> (P, n_outputs)``: raw outputs
-        of ``model`` for P copies of the one-sequence input ``inp`` (``inp["x"]`` is (1, L, C), real
+    build : ``build(model_cfg, info) -> Model``. ``model_cfg`` is the resolved ``model:`` section
+        (an instance of the plugin's ``model_schema``); ``info`` is a :class:`ModelInfo`.
+    pretrain_loss : ``pretrain_loss(model, batch, generator) -> loss`` or ``(loss, n_scored)``
+        (a scalar tensor and the number of scored tokens) for ``pre-train``; ``generator`` is a
+        seeded ``torch.Generator`` for the random draws (e.g. which tokens are masked).
+    fast_loo : ``fast_loo(model, inp, n, positions, rows) -> (P, n_outputs)``: raw outputs of
+        ``model`` for P copies of the one-sequence input ``inp`` (``inp["x"]`` is (1, L, C), real
         length ``n``) in which row ``positions[j]`` is replaced by ``rows[j]`` (C,), for
-        ``mask``/``replace`` leave-one-out. Must equal the full forward passes (the core's fallback
-        and the reference in tests) to within float tolerance.
-    fit : optional ``fit(model, batches, train_idx, task, cfg)`` for models that are fitted in one
-        pass instead of by gradient descent (e.g. incremental PCA + a closed-form head).
-    export : optional ``export(model, folddir)`` writing plugin-specific artefacts next to a
-        trained fold (e.g. learned motifs).
+        ``mask``/``replace`` leave-one-out. Must equal the core's batched full forward passes
+        (its fallback, and the oracle in tests) to within float tolerance.
+    fit : ``fit(model, batches, train_idx, task, model_cfg)`` for models fitted in one pass
+        instead of by gradient descent (e.g. incremental PCA + a closed-form head).
+        ``batches(indices, shuffle)`` yields ``(indices, input, y, weights)``.
+    export : ``export(model, folddir)`` writes plugin-specific artefacts next to a trained fold
+        (e.g. learned motifs).
+    embed : ``embed(model, input) -> (B, D)`` per-sample embeddings (``predict`` with
+        ``saveembeddings``).
+    load_pretrained : ``load_pretrained(model, path) -> report`` loads pre-trained weights
+        (``fine-tune`` after ``pre-train``, or from ``inference model: pretrainedmodel``); the
+        report (a string or a dict of name -> list) is logged.
+    penalty : ``penalty(model) -> scalar tensor`` added to the training loss (e.g. L1/L2 on
+        kernels).
+    architecture : ``architecture(model) -> dict`` saved in a trained model's ``config.json``
+        and handed back as ``ModelInfo.architecture`` when the model is rebuilt, for
+        architectures not fully given by the ``model:`` section (e.g. a checkpoint's).
     """
 
     build: Callable[..., Any]
@@ -93,6 +168,10 @@ class ModelSpec:
     fast_loo: Callable[..., Any] | None = None
     fit: Callable[..., Any] | None = None
     export: Callable[..., Any] | None = None
+    embed: Callable[..., Any] | None = None
+    load_pretrained: Callable[..., Any] | None = None
+    penalty: Callable[..., Any] | None = None
+    architecture: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,21 +180,61 @@ class TokenizerSpec:
 
     Parameters
     ----------
-    fit : ``fit(source, cfg, log) -> tokenizer`` learns it on a data-source section
-        (``cfg.tokenizing_source``); ``log`` is a :class:`logging.Logger`.
-    load : ``load(path) -> tokenizer`` reads ``tokenizer.json``.
-    encode : ``encode(tokenizer, source, cfg, log, label_kind) -> (records, options)``:
-        ``records`` iterates :class:`biolm.core.store.EncodedRecord` (streaming), ``options`` is
-        a dict of every parsing option that changes the encoding (hashed to reuse the store).
-    make_input : ``make_input(tokenizer, batch, cfg) -> dict`` turns a collated store batch
-        (``ids`` (B, L) int64 with -1 for padding/unknown, ``mods`` (B, L, M) float32,
-        ``lengths`` (B,)) into the model's input dict, on the batch's device.
+    fit : ``fit(source, cfg, log) -> Tokenizer`` learns it on a data-source section (the
+        tokenizing source; ``cfg`` is the run's config, ``log`` a :class:`logging.Logger`).
+    load : ``load(path) -> Tokenizer`` reads ``tokenizer.json``.
+    encode : ``encode(tokenizer, source, encoding, log, label_kind) -> (records, options)``:
+        ``records`` iterates :class:`EncodedRecord` (streaming), ``options`` is a dict of every
+        parsing option that changes the encoding (hashed to reuse the store). ``encoding`` is an
+        :class:`Encoding`; ``label_kind``: ``"float"`` (regression), ``"str"`` (classification),
+        ``None`` (labels optional, kept as text) or ``"none"`` (no labels).
+    make_input : ``make_input(tokenizer, batch, encoding) -> dict`` turns a collated store batch
+        (``ids`` (B, L) int64 with -1 for padding/unknown and -2 for "masked", ``mods`` (B, L, M)
+        float32, ``lengths`` (B,)) into the model's input dict, on the batch's device.
     """
 
     fit: Callable[..., Any]
     load: Callable[..., Any]
     encode: Callable[..., Any]
     make_input: Callable[..., Any]
+
+
+# ============================================================================ protocols
+
+
+class Tokenizer(Protocol):
+    """What the core reads of a fitted tokenizer.
+
+    ``vocab[i]`` is the name of token id ``i`` (store ids index it; -1 = unknown/padding);
+    ``n_channels`` the input channels a model sees (vocabulary + modifiers for one-hot models);
+    ``n_modifiers`` the per-token float channels kept in the store.
+    """
+
+    vocab: list[str]
+    n_channels: int
+    n_modifiers: int
+
+    def sha(self) -> str:
+        """Content hash: a changed tokenizer rebuilds every store encoded with it."""
+
+    def save(self, path: Any) -> None:
+        """Write ``tokenizer.json`` (atomically, e.g. with :func:`write_text`)."""
+
+
+class Model(Protocol):
+    """A ``torch.nn.Module`` whose ``forward(input)`` takes the dict made by
+    ``TokenizerSpec.make_input`` and returns ``(B, n_outputs)`` (regression values or class
+    logits); for pre-training, whatever its ``pretrain_loss`` expects. Saved and restored through
+    ``state_dict()`` / ``load_state_dict()``."""
+
+    def __call__(self, batch: dict) -> Any: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+# ============================================================================ hooks
 
 
 @hookspec
@@ -126,7 +245,7 @@ def register_config(register: Callable[[PluginConfig], None]) -> None:
 @hookspec
 def register_tokenizer(register: Callable[[str, TokenizerSpec], None]) -> None:
     """Offer a tokenizer kind: ``register("kind", TokenizerSpec(...))``. Optional for plugins that use
-    core's ``atomic`` tokenizer."""
+    core's ``atomic`` tokenizer. Kinds are unique across plugins."""
 
 
 @hookspec
@@ -135,8 +254,8 @@ def register_model(register: Callable[[str, ModelSpec], None]) -> None:
 
 
 # Training events (LUMIN's callback points). ``state`` is a biolm.core.engine.TrainState: it
-# carries the plugin name, fold, epoch, step, model, optimizer, current batch, loss and metrics.
-# Implementations may read it and set ``state.stop_training = True``.
+# carries the plugin name, fold, epoch (0-based), step, model, optimizer, current batch, loss and
+# metrics. Implementations may read it and set ``state.stop_training = True``.
 
 
 @hookspec
@@ -172,3 +291,58 @@ def on_epoch_end(state: Any) -> None:
 @hookspec
 def on_train_end(state: Any) -> None:
     """After the last epoch of a fold, with the best weights restored."""
+
+
+# ============================================================================ helpers for plugins
+#
+# The rest of core's public API, importable from here. Loaded on first use, so importing this
+# module stays cheap (no torch, no h5py):
+#
+#   opt, parsers                             declare a ``model:`` key (biolm.core.schema.opt) and
+#                                            the value parsers for ``opt(parse=...)`` (e.g. parsers.INT_LIST)
+#   section_of                               the YAML section a data-source object came from (messages)
+#   BiolmError, ConfigError, DataError       user-fixable errors: one line, exit code 2
+#   write_text, write_json, atomic_path,     atomic writes (a file appears complete or not at all),
+#   read_json                                and reading JSON back
+#   EncodedRecord                            one record as TokenizerSpec.encode yields it
+#   DelimitedOptions, ReadStats,             the delimited-text reader: options from a data-source
+#   delimited_options, read_records          section, rows as records, skipped-row counts
+#   H5adReader, is_h5ad, obs_strings         the AnnData (.h5ad) reader: matrix chunks, obs/var
+#                                            columns, obs columns as label/split strings
+#   InputAdapter                             wrap a module whose forward takes tensors (imports torch)
+#   onehot                                   store ids + modifiers -> one-hot input (imports torch)
+
+_HELPERS = {
+    "opt": "schema",
+    "section_of": "schema",
+    "parsers": "parsers",
+    "BiolmError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "write_text": "outputs",
+    "write_json": "outputs",
+    "atomic_path": "outputs",
+    "read_json": "outputs",
+    "EncodedRecord": "store",
+    "DelimitedOptions": "delimited",
+    "ReadStats": "delimited",
+    "delimited_options": "delimited",
+    "read_records": "delimited",
+    "H5adReader": "h5ad",
+    "is_h5ad": "h5ad",
+    "obs_strings": "h5ad",
+    "InputAdapter": "adapters",
+    "onehot": "atomic_tokenizer",
+}
+
+__all__ = [
+    "BIOLM_PLUGIN_API", "hookspec", "hookimpl", "MODES", "PluginConfig", "ModelInfo", "Encoding",
+    "ModelSpec", "TokenizerSpec", "Tokenizer", "Model", *_HELPERS,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HELPERS:
+        module = importlib.import_module(f"{__package__}.{_HELPERS[name]}")
+        return module if name == _HELPERS[name] else getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

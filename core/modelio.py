@@ -64,7 +64,7 @@ def find_fold_dirs(path: str | Path) -> list[Path]:
 def load_fold(folddir: Path, registry: Any, device: Any = "cpu") -> FoldModel:
     import torch
 
-    from .spec import ModelInfo
+    from .hookspecs import ModelInfo
 
     meta = read_json(folddir / "config.json")
     if meta.get("task") not in ("regression", "classification") or "n_outputs" not in meta:
@@ -73,7 +73,7 @@ def load_fold(folddir: Path, registry: Any, device: Any = "cpu") -> FoldModel:
     tok_spec = registry.tokenizer(meta.get("encoding", plugin.tokenizer))
     tokenizer = tok_spec.load(folddir / "tokenizer.json")
     model_cfg = plugin.model_schema(**meta.get("model", {})) if plugin.model_schema else None
-    info = ModelInfo(task=meta["task"], n_outputs=meta["n_outputs"], in_channels=meta["in_channels"], blocksize=meta["blocksize"], tokenizer=tokenizer, extra=meta.get("extra", {}))
+    info = ModelInfo(task=meta["task"], n_outputs=meta["n_outputs"], in_channels=meta["in_channels"], blocksize=meta["blocksize"], tokenizer=tokenizer, extra=meta.get("extra", {}), architecture=meta.get("architecture"))
     model = registry.model(plugin.name).build(model_cfg, info)
     state = torch.load(folddir / WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)

@@ -8,7 +8,6 @@ for debugging a broken installation.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -16,7 +15,11 @@ import pluggy
 
 from . import hookspecs
 from .errors import BiolmError
-from .hookspecs import ModelSpec, PluginConfig, TokenizerSpec
+from .hookspecs import ModelSpec, PluginConfig, TokenizerSpec, hookimpl
+
+
+class RegistrationError(Exception):
+    """A plugin registered a name another plugin already has."""
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Registry:
         self.tokenizers: dict[str, TokenizerSpec] = {}
         self.broken: list[BrokenPlugin] = []
         self.dists: dict[str, str] = {}
+        self.owners: dict[tuple[str, str], str] = {}  # (what, name) -> entry point that registered it
 
     def plugin(self, name: str) -> PluginConfig:
         if name not in self.configs:
@@ -56,6 +60,23 @@ class Registry:
         return self.tokenizers[kind]
 
 
+class _CoreTokenizers:
+    """core's own ``atomic`` kind, registered through the same hook as plugins' kinds. Its module
+    (numpy) is imported when the tokenizer is first used, so listing plugins stays light."""
+
+    @hookimpl
+    def register_tokenizer(self, register):
+        def lazy(name: str):
+            def call(*args):
+                from . import atomic_tokenizer
+
+                return getattr(atomic_tokenizer, name)(*args)
+
+            return call
+
+        register("atomic", TokenizerSpec(fit=lazy("fit"), load=lazy("load"), encode=lazy("encode"), make_input=lazy("make_input")))
+
+
 def _allowed() -> set[str] | None:
     value = os.environ.get("BIOLM_LOAD_PLUGINS")
     if value is None:
@@ -74,11 +95,10 @@ def get_registry() -> Registry:
     pm = pluggy.PluginManager("biolm")
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm)
-    from . import builtin_tokenizers
-
-    pm.register(builtin_tokenizers, name="biolm.core.builtin_tokenizers")
+    pm.register(_CoreTokenizers(), name="biolm.core")
     allowed = _allowed()
-    for ep in entry_points(group="biolm"):
+    # biolm's own plugins first, so that a third-party plugin reusing a built-in name is the one refused
+    for ep in sorted(entry_points(group="biolm"), key=lambda e: (e.dist is None or e.dist.name != "biolm", e.name)):
         if allowed is not None and ep.name not in allowed:
             continue
         try:
@@ -90,31 +110,27 @@ def get_registry() -> Registry:
         if ep.dist is not None:
             registry.dists[ep.name] = ep.dist.version
 
-    def add_config(cfg: PluginConfig) -> None:
-        registry.configs[cfg.name] = cfg
+    def registrar(what: str, table: dict, plugin: str):
+        """The ``register`` callable a hook receives; a name already taken is refused."""
 
-    def add_model(name: str, spec: ModelSpec) -> None:
-        registry.models[name] = spec
+        def register(*args) -> None:
+            name, spec = (args[0].name, args[0]) if what == "plugin" else args
+            if name in table:
+                raise RegistrationError(f"{what} {name!r} is already registered by {registry.owners[(what, name)]!r}; names must be unique (uninstall one of the two)")
+            table[name] = spec
+            registry.owners[(what, name)] = plugin
 
-    def add_tokenizer(kind: str, spec: TokenizerSpec) -> None:
-        registry.tokenizers[kind] = spec
+        return register
 
-    for hook, adder in (
-        (pm.hook.register_config, add_config),
-        (pm.hook.register_model, add_model),
-        (pm.hook.register_tokenizer, add_tokenizer),
+    for hook, what, table in (
+        (pm.hook.register_config, "plugin", registry.configs),
+        (pm.hook.register_model, "model", registry.models),
+        (pm.hook.register_tokenizer, "tokenizer kind", registry.tokenizers),
     ):
-        for impl in hook.get_hookimpls():
+        for impl in hook.get_hookimpls():  # in registration order: built-ins first
             try:
-                impl.function(adder)
+                impl.function(registrar(what, table, impl.plugin_name))
             except Exception as exc:
                 registry.broken.append(BrokenPlugin(impl.plugin_name, f"{type(exc).__name__}: {exc}"))
     _registry = registry
     return registry
-
-
-def reset_registry() -> None:
-    """Forget loaded plugins (tests install plugins at run time)."""
-    global _registry
-    _registry = None
-    sys.modules.pop("biolm.core.builtin_tokenizers", None)

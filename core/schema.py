@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hookspecs import MODES
+from . import parsers as P
+from .modes import MODE_NAMES, MODES
 
-ALL_MODES = frozenset(MODES)
+ALL_MODES = frozenset(MODE_NAMES)
 TRAIN_MODES = frozenset({"pre-train", "fine-tune"})
 INFER_MODES = frozenset({"predict", "interpret"})
 DATA_MODES = frozenset({"pre-train", "fine-tune", "predict", "interpret"})
@@ -23,7 +24,7 @@ def opt(
     default: Any,
     help: str,
     *,
-    kind: str | None = None,
+    parse: P.Parser | None = None,
     modes: frozenset[str] | set[str] = ALL_MODES,
     choices: tuple | None = None,
     false_is_unset: bool = False,
@@ -38,22 +39,22 @@ def opt(
     ----------
     default : the core default (``None`` = not set).
     help : one sentence for ``-h`` and the README's config reference.
-    kind : value parser: ``int``, ``float``, ``bool``, ``str``, ``path``, ``choice``, ``splitratio``,
-        ``splits`` (list of split ids or list of lists), ``intorbool`` (False | True | int),
-        ``strorfalse``, ``posorfalse`` (1-based column or False), ``mapping``, ``floatlist``.
-        Inferred from the default when omitted.
+    parse : how a value is read (a :class:`biolm.core.parsers.Parser`, e.g. ``parsers.INT_LIST``);
+        omitted: a choice parser when ``choices`` is given, else from the default's type.
     modes : the modes that read the key (and so show it as a CLI option).
+    choices : the allowed values (case-insensitive).
     false_is_unset : ``False`` means "not set" (the reference docs use it for "off").
+    minimum, maximum : bounds for numbers.
     aliases : other names accepted in YAML (e.g. names the old tool used).
     flag : CLI option name when it differs from ``--KEY``.
     """
-    if kind is None:
-        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(default), "str")
+    if parse is None:
+        parse = P.choice(*choices) if choices else P.for_default(default)
     meta = dict(
         help=help,
-        kind=kind,
+        parse=parse,
         modes=frozenset(modes),
-        choices=choices,
+        choices=parse.choices or None,
         false_is_unset=false_is_unset,
         minimum=minimum,
         maximum=maximum,
@@ -75,20 +76,20 @@ def section(cls: type, yaml_name: str, help: str, modes: frozenset[str] = ALL_MO
 
 @dataclass
 class DataSource:
-    filepath: str | None = opt(None, "Data file: delimited text (optionally .gz), or an AnnData .h5ad for expression plugins.", kind="path")
+    filepath: str | None = opt(None, "Data file: delimited text (optionally .gz), or an AnnData .h5ad for expression plugins.", parse=P.PATH)
     stripheader: bool = opt(False, "The file's first line is a header to skip.")
     columnsep: str = opt("\t", "Column separator; any string (e.g. ',', '|', '\\t', '::').")
-    tokensep: str | None = opt(",", "Separator between tokens in the sequence column; empty/False/None = one token per character.", kind="strorfalse", false_is_unset=True)
-    specifiersep: str | None = opt(None, "Separator of per-token float modifiers (e.g. '#' for 'a#2.5#0.2'); unset = none.", kind="strorfalse", false_is_unset=True)
+    tokensep: str | None = opt(",", "Separator between tokens in the sequence column; empty/False/None = one token per character.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
+    specifiersep: str | None = opt(None, "Separator of per-token float modifiers (e.g. '#' for 'a#2.5#0.2'); unset = none.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
     idpos: int = opt(1, "1-based column of the sequence identifier.", minimum=1)
     seqpos: int = opt(2, "1-based column of the sequence.", minimum=1)
-    on_bad_row: str = opt("error", "What to do with a malformed row: 'error' stops with file and line, 'skip' skips and counts it.", kind="choice", choices=("error", "skip"))
+    on_bad_row: str = opt("error", "What to do with a malformed row: 'error' stops with file and line, 'skip' skips and counts it.", choices=("error", "skip"))
 
 
 @dataclass
 class LabelledSource(DataSource):
-    labelpos: int | None = opt(None, "1-based column of the label (regression value or class); unset = no labels.", kind="posorfalse", false_is_unset=True)
-    labelcolumn: str | None = opt(None, "For .h5ad input: the obs column holding the label.", kind="strorfalse", false_is_unset=True)
+    labelpos: int | None = opt(None, "1-based column of the label (regression value or class); unset = no labels.", parse=P.COLUMN, false_is_unset=True)
+    labelcolumn: str | None = opt(None, "For .h5ad input: the obs column holding the label.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
 
 
 @dataclass
@@ -98,22 +99,22 @@ class TokenizingSource(DataSource):
 
 @dataclass
 class FineTuningSource(LabelledSource):
-    labelpos: int | None = opt(3, "1-based column of the label (regression value or class).", kind="posorfalse", false_is_unset=True)
-    weightpos: int | None = opt(None, "1-based column of per-sample loss weights for regression: numbers, or quality labels mapped by 'qualityweights'.", kind="posorfalse", false_is_unset=True)
-    splitpos: int | None = opt(None, "1-based column of a split identifier; overrules splitratio. Needed for devsplits/testsplits.", kind="posorfalse", false_is_unset=True)
-    splitcolumn: str | None = opt(None, "For .h5ad input: the obs column holding split identifiers.", kind="strorfalse", false_is_unset=True)
-    crossvalidation: Any = opt(False, "False = no cross-validation; an integer k = k folds on random splits (splitratio); True = folds from the lists of lists in devsplits/testsplits.", kind="intorbool")
-    cvscheme: str = opt("shuffle", "Random cross-validation: 'shuffle' reshuffles per fold (the reference behaviour), 'kfold' makes disjoint folds so every sample is validated (and tested) once.", kind="choice", choices=("shuffle", "kfold"))
-    splitratio: tuple | None = opt((85, 15), "Train/validation(/test) percentages summing to 100: '85,15', '70,20,10', [85, 15] or '70/20/10'.", kind="splitratio", false_is_unset=True)
-    devsplits: list | None = opt(None, "Split ids for validation: a list (no CV) or a list of lists (CV with crossvalidation: True).", kind="splits", false_is_unset=True)
-    testsplits: list | None = opt(None, "Split ids for testing: a list (no CV) or a list of lists zipped with devsplits (CV).", kind="splits", false_is_unset=True)
+    labelpos: int | None = opt(3, "1-based column of the label (regression value or class).", parse=P.COLUMN, false_is_unset=True)
+    weightpos: int | None = opt(None, "1-based column of per-sample loss weights for regression: numbers, or quality labels mapped by 'qualityweights'.", parse=P.COLUMN, false_is_unset=True)
+    splitpos: int | None = opt(None, "1-based column of a split identifier; overrules splitratio. Needed for devsplits/testsplits.", parse=P.COLUMN, false_is_unset=True)
+    splitcolumn: str | None = opt(None, "For .h5ad input: the obs column holding split identifiers.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
+    crossvalidation: Any = opt(False, "False = no cross-validation; an integer k = k folds on random splits (splitratio); True = folds from the lists of lists in devsplits/testsplits.", parse=P.FOLDS)
+    cvscheme: str = opt("shuffle", "Random cross-validation: 'shuffle' reshuffles per fold (the reference behaviour), 'kfold' makes disjoint folds so every sample is validated (and tested) once.", choices=("shuffle", "kfold"))
+    splitratio: tuple | None = opt((85, 15), "Train/validation(/test) percentages summing to 100: '85,15', '70,20,10', [85, 15] or '70/20/10'.", parse=P.SPLITRATIO, false_is_unset=True)
+    devsplits: list | None = opt(None, "Split ids for validation: a list (no CV) or a list of lists (CV with crossvalidation: True).", parse=P.SPLITS, false_is_unset=True)
+    testsplits: list | None = opt(None, "Split ids for testing: a list (no CV) or a list of lists zipped with devsplits (CV).", parse=P.SPLITS, false_is_unset=True)
 
 
 @dataclass
 class InferenceSource(LabelledSource):
-    splitpos: int | None = opt(None, "1-based column of a split identifier (used with inferenceonsplits).", kind="posorfalse", false_is_unset=True)
-    splitcolumn: str | None = opt(None, "For .h5ad input: the obs column holding split identifiers.", kind="strorfalse", false_is_unset=True)
-    inferenceonsplits: list | None = opt(None, "Only use rows whose split id is in this list.", kind="splits", false_is_unset=True)
+    splitpos: int | None = opt(None, "1-based column of a split identifier (used with inferenceonsplits).", parse=P.COLUMN, false_is_unset=True)
+    splitcolumn: str | None = opt(None, "For .h5ad input: the obs column holding split identifiers.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
+    inferenceonsplits: list | None = opt(None, "Only use rows whose split id is in this list.", parse=P.SPLITS, false_is_unset=True)
 
 
 # --------------------------------------------------------------------------- other sections
@@ -121,29 +122,29 @@ class InferenceSource(LabelledSource):
 
 @dataclass
 class Tokenization:
-    samplesize: int | None = opt(None, "Learn the tokenizer on a seeded random subsample of this many rows; unset = all rows.", kind="int", minimum=1, modes={"tokenize"})
-    encoding: str = opt("atomic", "Tokenizer kind; 'atomic' = one-hot of distinct tokens (+ modifier channels). Plugins may need another kind (geneformer: 'generank').", kind="str")
+    samplesize: int | None = opt(None, "Learn the tokenizer on a seeded random subsample of this many rows; unset = all rows.", parse=P.INT, minimum=1, modes={"tokenize"})
+    encoding: str = opt("atomic", "Tokenizer kind; 'atomic' = one-hot of distinct tokens (+ modifier channels). Plugins may need another kind (geneformer: 'generank').", parse=P.TEXT)
     lefttailing: bool = opt(True, "Sequences longer than blocksize: True keeps the right end (cuts from the left), False keeps the left end.", modes=DATA_MODES)
 
 
 @dataclass
 class InferenceModel:
-    pretrainedmodel: str | None = opt(None, "Fine-tuned model to use: a fold folder (OUTPUTPATH/fine-tune/0) or a cross-validation parent (OUTPUTPATH/fine-tune: every fold runs). For fine-tune: pre-trained weights to start from.", kind="path", modes=INFER_MODES | {"fine-tune"})
-    ensembleweighting: str = opt("uniform", "How fold predictions of a CV parent are combined: 'uniform' mean or 'loss' (weights proportional to 1/validation loss).", kind="choice", choices=("uniform", "loss"), modes=INFER_MODES)
-    outputdir: str | None = opt(None, "Name of the results folder under outputpath; default: the mode name (predict, interpret).", kind="str", modes=INFER_MODES)
+    pretrainedmodel: str | None = opt(None, "Fine-tuned model to use: a fold folder (OUTPUTPATH/fine-tune/0) or a cross-validation parent (OUTPUTPATH/fine-tune: every fold runs). For fine-tune: pre-trained weights to start from.", parse=P.PATH, modes=INFER_MODES | {"fine-tune"})
+    ensembleweighting: str = opt("uniform", "How fold predictions of a CV parent are combined: 'uniform' mean or 'loss' (weights proportional to 1/validation loss).", choices=("uniform", "loss"), modes=INFER_MODES)
+    outputdir: str | None = opt(None, "Name of the results folder under outputpath; default: the mode name (predict, interpret).", parse=P.TEXT, modes=INFER_MODES)
     saveembeddings: bool = opt(False, "predict: also write per-sample embeddings to embeddings.h5 (plugins that have them).", modes={"predict"})
 
 
 @dataclass
 class DataPreprocessing:
-    centertoken: str | None = opt(None, "Centre over-long sequences on the first token whose base letter is this; False/unset = off.", kind="strorfalse", false_is_unset=True, modes=DATA_MODES)
+    centertoken: str | None = opt(None, "Centre over-long sequences on the first token whose base letter is this; False/unset = off.", parse=P.TEXT_OR_FALSE, false_is_unset=True, modes=DATA_MODES)
 
 
 @dataclass
 class Environment:
-    ngpus: int | None = opt(None, "Processes/GPUs to use; unset = all visible GPUs, else 1 CPU process. >1 runs DistributedDataParallel through torchrun.", kind="int", minimum=0, modes=DATA_MODES)
-    device: str = opt("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'.", kind="choice", choices=("auto", "cpu", "cuda"), modes=DATA_MODES)
-    precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, float32 on CPU; 'fp32' or 'bf16' to force.", kind="choice", choices=("auto", "fp32", "bf16"), modes=DATA_MODES)
+    ngpus: int | None = opt(None, "Processes/GPUs to use; unset = all visible GPUs, else 1 CPU process. >1 runs DistributedDataParallel through torchrun.", parse=P.INT, minimum=0, modes=DATA_MODES)
+    device: str = opt("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda"), modes=DATA_MODES)
+    precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, float32 on CPU; 'fp32' or 'bf16' to force.", choices=("auto", "fp32", "bf16"), modes=DATA_MODES)
     numworkers: int = opt(0, "DataLoader worker processes.", minimum=0, modes=DATA_MODES)
 
 
@@ -151,19 +152,19 @@ class Environment:
 class Training:
     batchsize: int = opt(32, "Samples per batch (per process).", minimum=1, modes=DATA_MODES)
     blocksize: int = opt(1024, "Maximum tokens per sequence (longer ones are cut, see lefttailing/centertoken).", minimum=1, modes=DATA_MODES)
-    scaling: str = opt("none", "Regression label scaling fitted on the training split: log, minmax, standard or none.", kind="choice", choices=("log", "minmax", "standard", "none"), modes=DATA_MODES)
+    scaling: str = opt("none", "Regression label scaling fitted on the training split: log, minmax, standard or none.", choices=("log", "minmax", "standard", "none"), modes=DATA_MODES)
     nepochs: int = opt(50, "Maximum training epochs.", minimum=1, modes=TRAIN_MODES, aliases=("epochs", "num_train_epochs"))
     patience: int = opt(5, "Early stopping: epochs without a better validation loss before stopping.", minimum=1, modes=TRAIN_MODES)
     lr: float = opt(1e-3, "Learning rate.", minimum=0.0, modes=TRAIN_MODES, aliases=("learningrate", "learning_rate"))
     weightdecay: float = opt(0.01, "Decoupled weight decay (AdamW) or L2 (Adam).", minimum=0.0, modes=TRAIN_MODES, aliases=("weight_decay",))
-    optimizer: str = opt("adamw", "Optimizer: adamw or adam.", kind="choice", choices=("adamw", "adam"), modes=TRAIN_MODES)
+    optimizer: str = opt("adamw", "Optimizer: adamw or adam.", choices=("adamw", "adam"), modes=TRAIN_MODES)
     beta1: float = opt(0.9, "Adam beta1.", minimum=0.0, maximum=1.0, modes=TRAIN_MODES)
     beta2: float = opt(0.999, "Adam beta2.", minimum=0.0, maximum=1.0, modes=TRAIN_MODES)
     gradacc: int = opt(1, "Gradient accumulation steps.", minimum=1, modes=TRAIN_MODES, aliases=("gradient_accumulation_steps",))
-    clipnorm: float | None = opt(1.0, "Clip the gradient norm to this value; unset/False = no clipping.", kind="float", false_is_unset=True, minimum=0.0, modes=TRAIN_MODES)
+    clipnorm: float | None = opt(1.0, "Clip the gradient norm to this value; unset/False = no clipping.", parse=P.FLOAT, false_is_unset=True, minimum=0.0, modes=TRAIN_MODES)
     resume: bool = opt(False, "Continue each fold from its last checkpoint.", modes=TRAIN_MODES)
     fromscratch: bool = opt(False, "fine-tune: ignore pre-trained weights and start from random ones.", modes={"fine-tune"})
-    qualityweights: dict = opt({"STRONG": 1.0, "GOOD": 0.75, "WEAK": 0.5, "POOR": 0.25}, "Loss weights for quality labels in the weightpos column.", kind="mapping", modes={"fine-tune"})
+    qualityweights: dict = opt({"STRONG": 1.0, "GOOD": 0.75, "WEAK": 0.5, "POOR": 0.25}, "Loss weights for quality labels in the weightpos column.", parse=P.WEIGHTS_TABLE, modes={"fine-tune"})
     classweights: bool = opt(True, "Classification: weight the loss by inverse class frequency of the training split.", modes={"fine-tune"})
     mlmprobability: float = opt(0.15, "pre-train: fraction of tokens masked.", minimum=0.0, maximum=1.0, modes={"pre-train"})
 
@@ -177,8 +178,8 @@ class Settings:
 
 @dataclass
 class LooScores:
-    handletokens: str = opt("remove", "How a token is left out: remove (deleted, sequence shifts), mask (one-hot zeroed / MASK token), replace (each replacement in replacementdict).", kind="choice", choices=("remove", "mask", "replace", "activate"), modes={"interpret"})
-    replacementdict: dict | None = opt(None, "handletokens replace: token -> list of replacements, a mapping or its JSON string.", kind="mapping", modes={"interpret"})
+    handletokens: str = opt("remove", "How a token is left out: remove (deleted, sequence shifts), mask (one-hot zeroed / MASK token), replace (each replacement in replacementdict).", choices=("remove", "mask", "replace", "activate"), modes={"interpret"})
+    replacementdict: dict | None = opt(None, "handletokens replace: token -> list of replacements, a mapping or its JSON string.", parse=P.REPLACEMENTS, modes={"interpret"})
     replacespecifier: bool = opt(True, "handletokens replace: a modified token is also replaced by its unmodified form (modifier channels zeroed).", modes={"interpret"})
     plotsequences: int = opt(5, "Draw per-position importance plots for this many sequences.", minimum=0, modes={"interpret"})
     maxpositions: int = opt(4096, "Perturbed inputs evaluated per chunk (bounds memory).", minimum=1, modes={"interpret"})
@@ -186,8 +187,8 @@ class LooScores:
 
 @dataclass
 class Config:
-    outputpath: str | None = opt(None, "Experiment folder; default: the data file's name without extension.", kind="path")
-    seed: int = opt(42, "Random seed for splits, initialisation, shuffling and sampling.")
+    outputpath: str | None = opt(None, "Experiment folder; default: the data file's name without extension.", parse=P.PATH)
+    seed: int = opt(42, "Random seed for splits, initialisation, shuffling and sampling.", minimum=0, maximum=2**32 - 1)
     tokenizing_source: TokenizingSource = section(TokenizingSource, "tokenizing and pre-training data source", "Data for learning the tokenizer and for pre-training.", modes=frozenset({"tokenize", "pre-train"}))
     finetuning_source: FineTuningSource = section(FineTuningSource, "fine-tuning data source", "Labelled data for fine-tuning.", modes=frozenset({"fine-tune"}))
     inference_source: InferenceSource = section(InferenceSource, "inference data source", "Data for predict and interpret.", modes=INFER_MODES)
@@ -198,13 +199,7 @@ class Config:
     model: Any = field(default=None, metadata=dict(section=True, yaml="model", help="Plugin model hyperparameters.", modes=TRAIN_MODES))
 
 
-SOURCE_FOR_MODE = {
-    "tokenize": "tokenizing_source",
-    "pre-train": "tokenizing_source",
-    "fine-tune": "finetuning_source",
-    "predict": "inference_source",
-    "interpret": "inference_source",
-}
+SOURCE_FOR_MODE = {name: m.source for name, m in MODES.items()}
 
 
 def yaml_name(f: dataclasses.Field) -> str:
@@ -213,6 +208,19 @@ def yaml_name(f: dataclasses.Field) -> str:
 
 def is_section(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("section"))
+
+
+def section_of(source: Any) -> str:
+    """The YAML name of the data-source section a source object came from (for messages)."""
+    for f in dataclasses.fields(Config):
+        if is_section(f) and f.name.endswith("_source") and type(source) is type(f.default_factory()):  # type: ignore[misc]
+            return yaml_name(f)
+    return "data source"
+
+
+def section_title(attr: str) -> str:
+    """The YAML name of a top-level section attribute (``finetuning_source`` -> ``fine-tuning data source``)."""
+    return yaml_name(next(f for f in dataclasses.fields(Config) if f.name == attr))
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,22 @@ def test_none_string_is_never_a_literal_separator_or_path(saluki):
     assert cfg.finetuning_source.tokensep is None and cfg.inference_model.pretrainedmodel is None
 
 
+@pytest.mark.parametrize("sep", ["\t", " ", "  "])
+def test_whitespace_separators_are_values_not_unset(saluki, sep):
+    data = {"fine-tuning data source": {"tokensep": sep, "columnsep": sep + "|"}}
+    cfg = resolve("fine-tune", saluki, data)
+    assert cfg.finetuning_source.tokensep == sep and cfg.finetuning_source.columnsep == sep + "|"
+    cli = resolve("fine-tune", saluki, {}, {"finetuning_source.tokensep": sep})
+    assert cli.finetuning_source.tokensep == sep
+
+
+def test_seed_must_fit_32_bits(saluki):
+    for bad in (-3, 2**70):
+        with pytest.raises(ConfigError, match="seed"):
+            resolve("fine-tune", saluki, {"seed": bad})
+    assert resolve("fine-tune", saluki, {"seed": 2**32 - 1}).seed == 2**32 - 1
+
+
 def test_unknown_key_suggests(saluki):
     with pytest.raises(ConfigError) as e:
         resolve("fine-tune", saluki, {"settings": {"training": {"batchsise": 3}}}, source="x.yaml")

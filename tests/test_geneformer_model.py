@@ -205,7 +205,7 @@ def test_deletion_tokens_exact():
 def _core_variants(ids_tok: np.ndarray, cell: int, positions, how: str) -> np.ndarray:
     """Variants of one cell through interpret's own tensor perturbation (``biolm.core.interpret.perturb``)
     on the stored form (gene index, -1 = padding), turned back into model tokens of length L."""
-    from biolm.core.interpret import perturb
+    from biolm.core.perturb import perturb
 
     row = ids_tok[cell]
     stored = torch.as_tensor(np.where(row > 0, row - 2, -1))
@@ -591,7 +591,7 @@ def test_pretraining_smoke_loss_decreases(one_thread):
 
 
 def test_fit_from_h5ad_chunks(tmp_path):
-    from biolm.core.expression import H5adReader, write_h5ad
+    from biolm.core.h5ad import H5adReader, write_h5ad
 
     sp = pytest.importorskip("scipy.sparse")
     path = tmp_path / "ref.h5ad"

@@ -25,7 +25,7 @@ import yaml
 
 from biolm.core.errors import BiolmError, ConfigError, DataError
 from biolm.core.exampledata import write_expression_example
-from biolm.core.expression import H5adReader, write_h5ad
+from biolm.core.h5ad import H5adReader, write_h5ad
 from biolm.core.runner import run
 
 L = 32

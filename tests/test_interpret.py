@@ -125,7 +125,7 @@ def test_replace_needs_a_dict(trained, rna_file):
 def test_perturb_tensor_semantics():
     import torch
 
-    from biolm.core.interpret import MASK_ID, perturb
+    from biolm.core.perturb import MASK_ID, perturb
 
     ids = torch.tensor([0, 1, 2, 3, -1])
     mods = torch.arange(5.0).reshape(5, 1)
@@ -138,3 +138,11 @@ def test_perturb_tensor_semantics():
     assert a_ids.tolist() == [[2, 0, 1, 3, -1]]
     p_ids, p_mods, _ = perturb(ids, mods, 4, np.array([0, 0]), "replace", np.array([3, 0]), np.array([False, True]))
     assert p_ids[:, 0].tolist() == [3, 0] and p_mods[0, 0, 0] == 0 and p_mods[1, 0, 0] == 0 and p_mods[0, 1, 0] == 1
+
+
+def test_replacementdict_warning_names_only_tokens_outside_the_vocabulary():
+    from biolm.core.perturb import unknown_replacements
+
+    vocab = ["A", "Aej", "C", "a", "c", "g", "t"]
+    assert unknown_replacements({"A": ["C", "Aej"], "a": ["c", "g", "t"]}, vocab) == []
+    assert unknown_replacements({"A": ["C", "N"], "x": ["a"]}, vocab) == ["N", "x"]

@@ -42,7 +42,7 @@ def _randomise(net: torch.nn.Module, seed: int) -> None:
 
 
 def _plugin_model(blocksize: int, channels: int, outputs: int, seed: int = 0, **cfg):
-    from biolm.core.spec import ModelInfo
+    from biolm.core.hookspecs import ModelInfo
 
     torch.manual_seed(seed)
     task = "classification" if outputs > 1 else "regression"

@@ -15,16 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from biolm.plugins.saluki.model import (
-    Saluki,
-    _DropMaxPool,
-    _GRURecurrence,
-    _pair_keep_mask,
-    gru_steps,
-    load_keras_weights,
-    min_seq_length,
-    trunk_lengths,
-)
+from biolm.plugins.saluki.keras_weights import load_keras_weights
+from biolm.plugins.saluki.kernels import _DropMaxPool, _GRURecurrence, _pair_keep_mask
+from biolm.plugins.saluki.model import Saluki, gru_steps, min_seq_length, trunk_lengths
 
 FIX = Path(__file__).parent / "fixtures" / "saluki"
 INTERMEDIATES = ["conv0_out"] + [f"block{i}_out" for i in range(6)] + [
@@ -193,8 +186,6 @@ def test_training_forward_and_gradients_match_reference(go_backwards):
 
 
 def test_max_pool_ties_route_the_gradient_to_the_first_element():
-    from biolm.plugins.saluki.model import _DropMaxPool
-
     y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.5, 2.0], [0.7, 2.0], [3.0, 3.0], [1.0, 3.0]], dtype=torch.float64)
     ours = y.clone().requires_grad_(True)
     _DropMaxPool.apply(ours.clone(), 0.0, True).sum().backward()

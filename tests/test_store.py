@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import biolm.core.store as store_mod
-from biolm.core.datasource import DelimitedOptions, read_records
+from biolm.core.delimited import DelimitedOptions, read_records
 from biolm.core.errors import BiolmError
-from biolm.core.store import EncodedRecord, Store, build_store, make_loader, open_or_build, source_hash
-from biolm.core.tokenizer import AtomicTokenizer, encode_records
+from biolm.core.batching import make_loader
+from biolm.core.store import EncodedRecord, Store, build_store, open_or_build, source_hash
+from biolm.core.atomic_tokenizer import AtomicTokenizer, encode_records
 
 
 def make_records(n=25, m=2, seed=0):
@@ -293,7 +294,7 @@ def test_loader_batches_cover_split_once_and_are_seeded(built):
 def test_loader_with_distributed_sampler(built):
     from torch.utils.data.distributed import DistributedSampler
 
-    from biolm.core.store import StoreDataset
+    from biolm.core.batching import StoreDataset
 
     path, recs = built
     s = Store(path)
@@ -322,7 +323,7 @@ def test_loader_with_worker_process(built):
 
 
 def test_store_dataset_is_a_torch_dataset(built):
-    from biolm.core.store import StoreDataset
+    from biolm.core.batching import StoreDataset
 
     ds = StoreDataset(Store(built[0]), [4, 2])
     assert isinstance(ds, torch.utils.data.Dataset) and len(ds) == 2 and ds[1] == 2

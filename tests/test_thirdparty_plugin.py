@@ -154,3 +154,41 @@ def test_broken_plugin_is_listed_and_others_still_work(tmp_path):
     assert s.returncode == 0 and "fine-tune" in s.stdout
     b = biolm("brokenplug", "tokenize", pythonpath=site)
     assert b.returncode == 2 and "Traceback" not in b.stderr
+
+
+def test_a_second_plugin_with_a_taken_name_is_refused(tmp_path, monkeypatch):
+    """A package registering ``saluki`` again is listed as broken with the reason; the built-in stays."""
+    import sys
+    from importlib.metadata import EntryPoint
+
+    import biolm.core.plugins as plugins
+
+    (tmp_path / "dupe_saluki.py").write_text(
+        textwrap.dedent(
+            """
+            from biolm.core.hookspecs import ModelSpec, PluginConfig, hookimpl
+
+            @hookimpl
+            def register_config(register):
+                register(PluginConfig(name="saluki", description="an impostor"))
+
+            @hookimpl
+            def register_model(register):
+                register("saluki", ModelSpec(build=lambda cfg, info: None))
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = plugins.entry_points
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [*real(group=group), EntryPoint("dupe", "dupe_saluki", "biolm")])
+    monkeypatch.setattr(plugins, "_registry", None)
+    try:
+        reg = plugins.get_registry()
+        assert reg.plugin("saluki").description != "an impostor"
+        assert reg.model("saluki").build is not None and reg.model("saluki").fast_loo is not None
+        errors = [b.error for b in reg.broken if b.name == "dupe"]
+        assert "RegistrationError: plugin 'saluki' is already registered by 'saluki'" in errors[0]
+        assert any("model 'saluki' is already registered" in e for e in errors)
+    finally:
+        plugins._registry = None
+        sys.modules.pop("dupe_saluki", None)

@@ -41,19 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from biolm.core.errors import BiolmError, ConfigError, DataError
-from biolm.core.hookspecs import ModelSpec, PluginConfig, TokenizerSpec, hookimpl
-from biolm.core.schema import opt
+from biolm.core.hookspecs import BiolmError, ConfigError, DataError, ModelSpec, PluginConfig, TokenizerSpec, hookimpl, opt, parsers
 
 TRAIN = {"pre-train", "fine-tune"}
 KIND = "generank"
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _CHUNK_CELLS = 512
-_SECTIONS = {
-    "TokenizingSource": "tokenizing and pre-training data source",
-    "FineTuningSource": "fine-tuning data source",
-    "InferenceSource": "inference data source",
-}
 
 
 @dataclass
@@ -62,14 +54,14 @@ class GeneformerSchema:
     num_hidden_layers: int = opt(6, "Transformer layers.", minimum=1, modes=TRAIN)
     num_attention_heads: int = opt(4, "Attention heads per layer (must divide hidden_size).", minimum=1, modes=TRAIN)
     intermediate_size: int = opt(512, "Width of each layer's feed-forward block.", minimum=1, modes=TRAIN)
-    hidden_act: str = opt("relu", "Feed-forward activation.", kind="choice", choices=("relu", "gelu"), modes=TRAIN)
+    hidden_act: str = opt("relu", "Feed-forward activation.", choices=("relu", "gelu"), modes=TRAIN)
     hidden_dropout_prob: float = opt(0.02, "Dropout on embeddings and layer outputs.", minimum=0.0, maximum=1.0, modes=TRAIN)
     attention_probs_dropout_prob: float = opt(0.02, "Dropout on attention probabilities.", minimum=0.0, maximum=1.0, modes=TRAIN)
     max_position_embeddings: int = opt(2048, "Genes read per cell (the top ranks); must equal settings.training.blocksize.", minimum=1, modes=TRAIN)
     layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon.", minimum=0.0, modes=TRAIN)
     initializer_range: float = opt(0.02, "Standard deviation of the normal weight initialisation.", minimum=0.0, modes=TRAIN)
-    pooling: str = opt("mean", "fine-tune: cell representation = mean over gene tokens, or the first (top-ranked) token.", kind="choice", choices=("mean", "first"), modes=TRAIN)
-    head_dropout: float | None = opt(None, "fine-tune: dropout before the output layer; unset = hidden_dropout_prob.", kind="float", minimum=0.0, maximum=1.0, modes=TRAIN)
+    pooling: str = opt("mean", "fine-tune: cell representation = mean over gene tokens, or the first (top-ranked) token.", choices=("mean", "first"), modes=TRAIN)
+    head_dropout: float | None = opt(None, "fine-tune: dropout before the output layer; unset = hidden_dropout_prob.", parse=parsers.FLOAT, minimum=0.0, maximum=1.0, modes=TRAIN)
 
 
 # ============================================================================ tokenizer
@@ -105,7 +97,7 @@ class GenerankTokenizer:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
-        from biolm.core.outputs import write_text
+        from biolm.core.hookspecs import write_text
 
         write_text(path, json.dumps(self.to_dict()))
 
@@ -127,18 +119,10 @@ class GenerankTokenizer:
         return f"GenerankTokenizer({len(self.vocab)} genes, medians={self.has_medians})"
 
 
-def _section(source: Any) -> str:
-    return _SECTIONS.get(type(source).__name__, "data source")
-
-
 def _is_h5ad(source: Any) -> bool:
-    path = source.filepath
-    if not path or not os.path.exists(path):
-        raise DataError(str(path), "no such file")
-    if str(path).endswith((".h5ad", ".h5")):
-        return True
-    with open(path, "rb") as fh:
-        return fh.read(8) == _HDF5_MAGIC
+    from biolm.core.hookspecs import is_h5ad
+
+    return is_h5ad(source.filepath)
 
 
 def _reader(path: str, unique_genes: bool = False):
@@ -146,7 +130,7 @@ def _reader(path: str, unique_genes: bool = False):
     must not repeat (when encoding, only repeats of vocabulary genes are an error)."""
     import numpy as np
 
-    from biolm.core.expression import H5adReader
+    from biolm.core.hookspecs import H5adReader
 
     reader = H5adReader(path)
     if unique_genes:
@@ -186,8 +170,7 @@ def _fit(source: Any, cfg: Any, log: Any) -> GenerankTokenizer:
         log.info("gene-rank tokenizer: %d genes (%s%s), non-zero medians of NormalizeTotal(%g) over %d cells%s", core.n_genes, ", ".join(core.var_names[:8]), ", ..." if core.n_genes > 8 else "", core.target_count, core.n_cells_fit, f"; {n_never} gene(s) never expressed" if n_never else "")
         return GenerankTokenizer(core, has_medians=True)
     # plain text: rows of gene tokens already in rank order
-    from biolm.core.builtin_tokenizers import delimited_options
-    from biolm.core.datasource import ReadStats, read_records
+    from biolm.core.hookspecs import ReadStats, delimited_options, read_records
 
     if cfg.tokenization.samplesize:
         log.info("samplesize is ignored for rank-ordered text: the vocabulary is every distinct gene token")
@@ -211,42 +194,13 @@ def _load(path: Any) -> GenerankTokenizer:
     return GenerankTokenizer.load(path)
 
 
-def _label_strings(values: Any, kind: str | None, path: str, column: str, section: str) -> list[str | None]:
-    """obs column -> label strings: numbers as their shortest text, missing -> None (an error
-    when labels are required)."""
-    import numpy as np
+def _encode(tok: GenerankTokenizer, source: Any, encoding: Any, log: Any, label_kind: str | None):
+    from biolm.core.hookspecs import obs_strings, section_of
 
-    out: list[str | None] = []
-    bad = []
-    for i, v in enumerate(values.tolist()):
-        if isinstance(v, float):
-            if not np.isfinite(v):
-                text = None
-            else:
-                text = str(int(v)) if v.is_integer() and kind != "float" else repr(float(v))
-        else:
-            text = str(v) if str(v) != "" else None
-            if text is not None and kind == "float":
-                try:
-                    ok = np.isfinite(float(text))
-                except ValueError:
-                    ok = False
-                if not ok:
-                    bad.append((i, text))
-        if text is None and kind in ("float", "str"):
-            bad.append((i, "missing"))
-        out.append(text)
-    if bad:
-        i, what = bad[0]
-        raise DataError(path, f"obs column '{column}' ({section}.labelcolumn): {len(bad)} cell(s) without a usable {'numeric ' if kind == 'float' else ''}label, first: cell #{i + 1} ({what})")
-    return out
-
-
-def _encode(tok: GenerankTokenizer, source: Any, cfg: Any, log: Any, label_kind: str | None):
-    blocksize = int(cfg.settings.training.blocksize)
+    blocksize = int(encoding.blocksize)
     keep = blocksize + 1
     path = str(source.filepath)
-    section = _section(source)
+    section = section_of(source)
     if _is_h5ad(source):
         if not tok.has_medians:
             raise ConfigError("tokenization.encoding", f"the tokenizer was learned on rank-ordered text (no per-gene medians) and cannot rank the counts of {path}; learn it on an .h5ad file (tokenize)")
@@ -262,10 +216,10 @@ def _encode(tok: GenerankTokenizer, source: Any, cfg: Any, log: Any, label_kind:
             raise DataError(path, str(exc)) from None
         if order.n_unknown == reader.n_vars:
             raise DataError(path, f"none of its {reader.n_vars} genes is in the tokenizer's vocabulary (e.g. {', '.join(order.unknown_examples[:5])}); was the tokenizer learned on other data?")
-        labels = _label_strings(reader.obs_column(labelcolumn), label_kind, path, labelcolumn, section) if labelcolumn else None
-        splits = _label_strings(reader.obs_column(splitcolumn), None, path, splitcolumn, section) if splitcolumn else None
+        labels = obs_strings(reader, labelcolumn, label_kind, f"{section}.labelcolumn") if labelcolumn else None
+        splits = obs_strings(reader, splitcolumn, None, f"{section}.splitcolumn") if splitcolumn else None
         return _h5ad_records(tok, reader, order, labels, splits, keep, log), options
-    from biolm.core.builtin_tokenizers import delimited_options
+    from biolm.core.hookspecs import delimited_options
 
     opts = delimited_options(source, label_kind=label_kind)
     options = dict(opts.parsing_options(), format="ranked-text", blocksize=blocksize, stored_genes=keep, tokenizer=tok.sha())
@@ -275,7 +229,7 @@ def _encode(tok: GenerankTokenizer, source: Any, cfg: Any, log: Any, label_kind:
 def _h5ad_records(tok: GenerankTokenizer, reader: Any, order: Any, labels: list | None, splits: list | None, keep: int, log: Any) -> Iterator[Any]:
     import numpy as np
 
-    from biolm.core.store import EncodedRecord
+    from biolm.core.hookspecs import EncodedRecord
 
     if not order.identity:
         log.warning("%s: %s", reader.path, order.describe())
@@ -303,8 +257,7 @@ def _h5ad_records(tok: GenerankTokenizer, reader: Any, order: Any, labels: list 
 def _text_records(tok: GenerankTokenizer, opts: Any, keep: int, log: Any, path: str) -> Iterator[Any]:
     import numpy as np
 
-    from biolm.core.datasource import ReadStats, read_records
-    from biolm.core.store import EncodedRecord
+    from biolm.core.hookspecs import EncodedRecord, ReadStats, read_records
 
     index = {g: i for i, g in enumerate(tok.vocab)}
     unknown: Counter = Counter()
@@ -334,12 +287,12 @@ def _text_records(tok: GenerankTokenizer, opts: Any, keep: int, log: Any, path: 
         log.warning("%s: %d repeated gene token(s) within a cell ignored (a gene keeps its first rank)", path, repeated)
 
 
-def _make_input(tok: GenerankTokenizer, batch: dict, cfg: Any) -> dict:
+def _make_input(tok: GenerankTokenizer, batch: dict, encoding: Any) -> dict:
     """Store ids (-1 padding, -2 masked) -> ``input_ids`` (gene + 2, MASK 1, PAD 0) of at most
     ``blocksize`` (= max_position_embeddings) tokens, and ``attention_mask``."""
     import torch
 
-    ids = batch["ids"][:, : int(cfg.settings.training.blocksize)]
+    ids = batch["ids"][:, : int(encoding.blocksize)]
     if ids.shape[1] == 0:  # a batch of empty cells: one PAD column keeps the encoder's shapes valid
         ids = torch.full((ids.shape[0], 1), -1, dtype=ids.dtype, device=ids.device)
     input_ids = torch.where(ids >= 0, ids + 2, torch.where(ids == -2, torch.ones_like(ids), torch.zeros_like(ids)))
@@ -500,4 +453,18 @@ def register_tokenizer(register):
 
 @hookimpl
 def register_model(register):
-    register("geneformer", ModelSpec(build=_build, pretrain_loss=_pretrain_loss))
+    register("geneformer", ModelSpec(build=_build, pretrain_loss=_pretrain_loss, embed=_embed, load_pretrained=_load_pretrained, architecture=_architecture))
+
+
+def _embed(model: Any, inp: dict):
+    """The pooled cell embedding (B, hidden)."""
+    return model.embed(inp)
+
+
+def _load_pretrained(model: Any, path: Any):
+    return model.load_pretrained(path)
+
+
+def _architecture(model: Any) -> dict:
+    """The BERT configuration (hidden size, layers, positions, vocabulary, ...)."""
+    return model.config.to_dict()

@@ -357,7 +357,7 @@ class GeneRankTokenizer:
         ----------
         data
             ``(n, G)`` counts, or an iterable of such chunks, or of ``(start, chunk)`` pairs as
-            yielded by :meth:`biolm.core.expression.H5adReader.iter_chunks`. Memory: see
+            yielded by :meth:`biolm.core.h5ad.H5adReader.iter_chunks`. Memory: see
             :class:`NonzeroMedianAccumulator`.
         var_names
             ``(G,)`` gene names; they become the vocabulary.

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from biolm.core.errors import ConfigError
-from biolm.core.hookspecs import ModelSpec, PluginConfig, hookimpl
-from biolm.core.schema import opt
+from biolm.core.hookspecs import ConfigError, ModelSpec, PluginConfig, hookimpl, opt
 
 TRAIN = {"fine-tune"}
 
@@ -27,7 +25,7 @@ class PCASchema:
 
 
 def _build(model_cfg: PCASchema, info):
-    from biolm.core.adapters import InputAdapter
+    from biolm.core.hookspecs import InputAdapter
 
     from .model import PCAPredictor
 
@@ -36,12 +34,10 @@ def _build(model_cfg: PCASchema, info):
         raise ConfigError("model.n_components", f"{model_cfg.n_components} components from {n_features} input features (blocksize x channels)")
     task = "classification" if info.task == "classification" else "regression"
     net = PCAPredictor(n_features, model_cfg.n_components, info.n_outputs, task=task, svd_lowrank_niter=model_cfg.svd_lowrank_niter, perform_mean_correction=model_cfg.perform_mean_correction)
-    model = InputAdapter(net, ("x",))
-    model.pca_cfg = model_cfg
-    return model
+    return InputAdapter(net, ("x",))
 
 
-def _fit(model, batches, train_idx, task, cfg):
+def _fit(model, batches, train_idx, task, model_cfg: PCASchema):
     """One pass of IPCA updates over the training split, then the closed-form / L-BFGS head."""
     import torch
 
@@ -67,8 +63,12 @@ def _fit(model, batches, train_idx, task, cfg):
             zs.append(net.embed(inp["x"]).cpu())
             ys.append(y.cpu())
             ws.append(w.cpu())
-    mc = model.pca_cfg
-    net.fit_head(torch.cat(zs), torch.cat(ys), task=task.kind, ridge_alpha=mc.ridge_alpha, sample_weight=torch.cat(ws), standardize=mc.standardize)
+    net.fit_head(torch.cat(zs), torch.cat(ys), task=task.kind, ridge_alpha=model_cfg.ridge_alpha, sample_weight=torch.cat(ws), standardize=model_cfg.standardize)
+
+
+def _embed(model, inp):
+    """The component scores (B, n_components)."""
+    return model.net.embed(inp["x"])
 
 
 @hookimpl
@@ -87,4 +87,4 @@ def register_config(register):
 
 @hookimpl
 def register_model(register):
-    register("pca", ModelSpec(build=_build, fit=_fit))
+    register("pca", ModelSpec(build=_build, fit=_fit, embed=_embed))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from biolm.core.errors import ConfigError
-from biolm.core.hookspecs import ModelSpec, PluginConfig, hookimpl
-from biolm.core.schema import opt
+from biolm.core.hookspecs import ConfigError, ModelSpec, PluginConfig, hookimpl, opt, parsers
 
 TRAIN = {"fine-tune"}
 
@@ -22,19 +20,19 @@ TRAIN = {"fine-tune"}
 class PSAMSchema:
     n_modes: int = opt(1, "Binding modes (one PSAM each) feeding the head.", minimum=1, modes=TRAIN)
     kernel_size: int = opt(8, "PSAM width (nucleotides).", minimum=1, modes=TRAIN)
-    alphabet: str = opt("DNA", "Alphabet of the PSAM.", kind="choice", choices=("DNA", "RNA", "protein"), modes=TRAIN)
+    alphabet: str = opt("DNA", "Alphabet of the PSAM.", choices=("DNA", "RNA", "protein"), modes=TRAIN)
     score_reverse: bool = opt(True, "Also score the reverse complement (DNA/RNA) and take log-sum-exp over strands.", modes=TRAIN)
     pairwise_distance: int = opt(0, "Pairwise (dinucleotide) interactions up to this distance; 0 = mononucleotide only.", minimum=0, modes=TRAIN)
-    seeds: list | None = opt(None, "Seed motifs in IUPAC, one per mode (e.g. [TGACTCA]); unset = random start.", kind="splits", false_is_unset=True, modes=TRAIN)
+    seeds: list | None = opt(None, "Seed motifs in IUPAC, one per mode (e.g. [TGACTCA]); unset = random start.", parse=parsers.TEXT_LIST, false_is_unset=True, modes=TRAIN)
     seed_scale: float = opt(1.0, "Strength of the seed motif's initial betas.", minimum=0.0, modes=TRAIN)
     normalize: bool = opt(False, "Normalise the PSAM betas (mean-centred per position).", modes=TRAIN)
     train_bias: bool = opt(False, "Train the PSAM's constant bias.", modes=TRAIN)
     train_posbias: bool = opt(False, "Train a position bias omega(x) per window.", modes=TRAIN)
-    bias_mode: str = opt("channel", "Position bias per output channel, shared ('same'), or mirrored for the reverse strand.", kind="choice", choices=("channel", "same", "reverse"), modes=TRAIN)
+    bias_mode: str = opt("channel", "Position bias per output channel, shared ('same'), or mirrored for the reverse strand.", choices=("channel", "same", "reverse"), modes=TRAIN)
     bias_bin: int = opt(1, "Windows per position-bias bin.", minimum=1, modes=TRAIN)
     length_specific_bias: bool = opt(False, "A separate position bias for each input length.", modes=TRAIN)
     one_hot: bool = opt(True, "Score by convolution on one-hot input (False: dense gather scoring).", modes=TRAIN)
-    unknown: str = opt("mean", "All-zero rows inside a sequence (N, tokens outside the alphabet): 'mean' (1/4 per letter), 'zero' or 'pad'.", kind="choice", choices=("mean", "zero", "pad"), modes=TRAIN)
+    unknown: str = opt("mean", "All-zero rows inside a sequence (N, tokens outside the alphabet): 'mean' (1/4 per letter), 'zero' or 'pad'.", choices=("mean", "zero", "pad"), modes=TRAIN)
     train_hill: bool = opt(False, "Train a Hill coefficient of each mode.", modes=TRAIN)
 
 
@@ -43,7 +41,7 @@ def _build(model_cfg: PSAMSchema, info):
 
     from .model import PSAMPredictor
 
-    vocab = list(getattr(info.tokenizer, "vocab", []) or [])
+    vocab = list(info.tokenizer.vocab)
     if not vocab:
         raise ConfigError("tokenization.encoding", "psam needs the atomic tokenizer's vocabulary")
     seeds = model_cfg.seeds

@@ -6,11 +6,10 @@ when a model is built, so listing plugins stays cheap.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from biolm.core.errors import ConfigError
-from biolm.core.hookspecs import ModelSpec, PluginConfig, hookimpl
-from biolm.core.schema import opt
+from biolm.core.hookspecs import ConfigError, ModelSpec, PluginConfig, hookimpl, opt
 
 TRAIN = {"fine-tune"}
 
@@ -29,28 +28,20 @@ class SalukiSchema:
 
 
 def _build(model_cfg: SalukiSchema, info):
-    from biolm.core.adapters import InputAdapter
+    from biolm.core.hookspecs import InputAdapter
 
     from .model import Saluki
 
     try:
-        net = Saluki(
-            in_channels=info.in_channels,
-            seq_length=info.blocksize,
-            filters=model_cfg.filters,
-            kernel_size=model_cfg.kernel_size,
-            num_layers=model_cfg.num_layers,
-            dropout=model_cfg.dropout,
-            ln_epsilon=model_cfg.ln_epsilon,
-            bn_momentum=model_cfg.bn_momentum,
-            augment_shift=model_cfg.augment_shift,
-            go_backwards=model_cfg.go_backwards,
-            num_outputs=info.n_outputs,
-            l2_scale=model_cfg.l2_scale,
-        )
+        net = Saluki(in_channels=info.in_channels, seq_length=info.blocksize, num_outputs=info.n_outputs, **dataclasses.asdict(model_cfg))
     except ValueError as exc:
         raise ConfigError("settings.training.blocksize", str(exc)) from None
-    return InputAdapter(net, ("x", "lengths"), penalty=net.l2_penalty if model_cfg.l2_scale > 0 else None)
+    return InputAdapter(net, ("x", "lengths"))
+
+
+def _penalty(model):
+    """Keras-style L2 on the kernels (``l2_scale``)."""
+    return model.net.l2_penalty()
 
 
 @hookimpl
@@ -77,4 +68,4 @@ def _fast_loo(model, inp, n, positions, rows):
 
 @hookimpl
 def register_model(register):
-    register("saluki", ModelSpec(build=_build, fast_loo=_fast_loo))
+    register("saluki", ModelSpec(build=_build, fast_loo=_fast_loo, penalty=_penalty))

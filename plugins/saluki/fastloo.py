@@ -68,13 +68,11 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _window_starts(p: int, k: int, num_layers: int) -> list[int]:
-    """First row of the ``K``-row window of input change ``p`` after conv0 and after each block."""
-    s = p - k + 1
-    out = [s]
-    for _ in range(num_layers):
-        s = (s - k + 1) // 2
-        out.append(s)
-    return out
+    """First row of the ``K``-row window of input change ``p`` after conv0 and after each block.
+
+    The row recurrence ``s -> (s - K + 1) // 2`` from ``p - K + 1`` is the one that gives the trunk
+    lengths from the input length, so :func:`.model.trunk_lengths` computes it."""
+    return _model.trunk_lengths(p, k, num_layers)
 
 
 @contextlib.contextmanager

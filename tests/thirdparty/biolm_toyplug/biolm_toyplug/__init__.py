@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from biolm.core.hookspecs import BIOLM_PLUGIN_API, ModelSpec, PluginConfig, hookimpl
-from biolm.core.schema import opt
+from biolm.core.hookspecs import BIOLM_PLUGIN_API, ModelSpec, PluginConfig, hookimpl, opt
 
-if BIOLM_PLUGIN_API != 1:  # refuse an API this plugin was not written for
-    raise ImportError(f"biolm-toyplug needs BIOLM_PLUGIN_API 1, found {BIOLM_PLUGIN_API}")
+if BIOLM_PLUGIN_API != 2:  # refuse an API this plugin was not written for
+    raise ImportError(f"biolm-toyplug needs BIOLM_PLUGIN_API 2, found {BIOLM_PLUGIN_API}")
 
 TRAIN = {"fine-tune"}
 
@@ -33,7 +32,7 @@ def _build(model_cfg: ToySchema, info):
         raise RuntimeError("toyplug: model build failed on purpose (TOYPLUG_FAIL_BUILD)")
     import torch
 
-    from biolm.core.adapters import InputAdapter
+    from biolm.core.hookspecs import InputAdapter
 
     class MeanLinear(torch.nn.Module):
         """``x`` (B, L, C) one-hot + modifiers, ``lengths`` (B,) -> (B, n_outputs)."""

@@ -7,8 +7,10 @@ than m. Unknown tokens (seen at predict time, not at fitting) get id -1, i.e. an
 vocabulary part; they are counted in ``AtomicTokenizer.unknown_counts`` for the caller to report.
 
 Also here: :func:`window` / :func:`find_center`, which choose the ``blocksize`` tokens kept of an
-over-long sequence (``lefttailing``, ``centertoken``), and :func:`encode_records`, the glue from
-parsed records to the store's :class:`~biolm.core.store.EncodedRecord`.
+over-long sequence (``lefttailing``, ``centertoken``), :func:`encode_records`, the glue from
+parsed records to the store's :class:`~biolm.core.store.EncodedRecord`, and the four functions of
+the ``atomic`` kind's ``TokenizerSpec`` (:func:`fit`, :func:`load`, :func:`encode`,
+:func:`make_input`; registered in :mod:`biolm.core.plugins` through the hook plugins use).
 
 torch is imported only inside :func:`onehot`, so that importing this module stays cheap.
 """
@@ -30,7 +32,8 @@ from .errors import BiolmError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .datasource import Record
+    from .delimited import Record
+    from .hookspecs import Encoding
     from .store import EncodedRecord
 
 __all__ = ["AtomicTokenizer", "onehot", "window", "find_center", "encode_records", "TOKENIZER_FORMAT"]
@@ -493,3 +496,45 @@ def encode_records(
         if end - start != n:
             ids, mods = ids[start:end], mods[start:end]
         yield EncodedRecord(rec.id, ids, mods, rec.label, rec.weight, rec.split, start, n)
+
+
+# ---------------------------------------------------------------------------- the "atomic" kind
+
+
+def fit(source, cfg, log) -> AtomicTokenizer:
+    """Learn the vocabulary (and modifier count) on a data-source section."""
+    from .delimited import ReadStats, delimited_options, log_skipped, read_records
+
+    stats = ReadStats()
+    tok = AtomicTokenizer.fit(read_records(delimited_options(source, label_kind="none"), stats), samplesize=cfg.tokenization.samplesize, seed=cfg.seed)
+    log_skipped(stats, log, source.filepath)
+    log.info("vocabulary of %d tokens (%s%s), %d modifier channel(s)", len(tok.vocab), ", ".join(tok.vocab[:12]), ", ..." if len(tok.vocab) > 12 else "", tok.n_modifiers)
+    return tok
+
+
+def load(path) -> AtomicTokenizer:
+    return AtomicTokenizer.load(path)
+
+
+def encode(tok: AtomicTokenizer, source, encoding: Encoding, log, label_kind: str | None):
+    """Parse, encode and cut each record to the block size (the window is kept, for offsets)."""
+    from .delimited import ReadStats, delimited_options, log_skipped, read_records
+
+    opts = delimited_options(source, label_kind=label_kind)
+    options = dict(opts.parsing_options(), blocksize=encoding.blocksize, lefttailing=encoding.lefttailing, centertoken=encoding.centertoken, tokenizer=tok.sha())
+
+    def records() -> Iterator[EncodedRecord]:
+        stats = ReadStats()
+        yield from encode_records(read_records(opts, stats), tok, encoding.blocksize, encoding.lefttailing, encoding.centertoken)
+        log_skipped(stats, log, source.filepath)
+        if tok.unknown_counts:
+            common = ", ".join(f"{t!r} x{c}" for t, c in tok.unknown_counts.most_common(10))
+            log.warning("%s: %d unknown token(s) encoded as all-zero: %s", source.filepath, sum(tok.unknown_counts.values()), common)
+
+    return records(), options
+
+
+def make_input(tok: AtomicTokenizer, batch: dict, encoding: Encoding) -> dict:
+    """One-hot (+ modifier) input ``x`` (B, L, V + M) and ``lengths``."""
+    ids = batch["ids"].clamp(min=-1)  # -2 (masked, from interpret) is all-zero like -1
+    return {"x": onehot(ids, batch["mods"], len(tok.vocab)), "lengths": batch["lengths"]}

@@ -433,3 +433,28 @@ def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iter
             yield rec
     finally:
         fh.close()
+
+
+def delimited_options(source, label_kind: str | None = None) -> DelimitedOptions:
+    """:class:`DelimitedOptions` from a data-source config section (label, weight and split
+    columns where the section has them; ``label_kind="none"`` reads no labels)."""
+    return DelimitedOptions(
+        filepath=source.filepath,
+        columnsep=source.columnsep,
+        tokensep=source.tokensep,
+        specifiersep=source.specifiersep,
+        stripheader=source.stripheader,
+        idpos=source.idpos,
+        seqpos=source.seqpos,
+        labelpos=getattr(source, "labelpos", None) if label_kind != "none" else None,
+        weightpos=getattr(source, "weightpos", None),
+        splitpos=getattr(source, "splitpos", None),
+        on_bad_row=source.on_bad_row,
+        label_kind=None if label_kind == "none" else label_kind,
+    )
+
+
+def log_skipped(stats: ReadStats, log, path: str) -> None:
+    """One warning line for the rows skipped with ``on_bad_row: skip``."""
+    if stats.n_skipped:
+        log.warning("%s: skipped %d malformed row(s) (on_bad_row: skip); first: %s", path, stats.n_skipped, "; ".join(stats.reasons))

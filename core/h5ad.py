@@ -437,6 +437,59 @@ class H5adReader:
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def is_h5ad(path: str | os.PathLike) -> bool:
+    """True for an ``.h5ad``/``.h5`` name or a file that starts with the HDF5 signature (a
+    delimited text file never does); a missing file is a :class:`DataError`."""
+    if not path or not os.path.exists(path):
+        raise DataError(str(path), "no such file")
+    if str(path).endswith((".h5ad", ".h5")):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(8) == HDF5_MAGIC
+
+
+def obs_strings(reader: H5adReader, column: str, kind: str | None, key: str) -> list[str | None]:
+    """An ``obs`` column as per-cell label/split strings, the way delimited text gives them.
+
+    Parameters
+    ----------
+    reader : the file.
+    column : the ``obs`` column (categoricals decoded).
+    kind : ``"float"`` every cell needs a finite number; ``"str"`` every cell needs a value;
+        ``None`` missing values stay ``None``.
+    key : the config key that named the column, for messages (``fine-tuning data source.labelcolumn``).
+
+    Returns
+    -------
+    One string per cell (integers without ``.0`` unless ``kind == "float"``), ``None`` = missing.
+    """
+    values = reader.obs_column(column)
+    out: list[str | None] = []
+    bad = []
+    for i, v in enumerate(values.tolist()):
+        if isinstance(v, float):
+            text = None if not np.isfinite(v) else (str(int(v)) if v.is_integer() and kind != "float" else repr(float(v)))
+        else:
+            text = str(v) if str(v) != "" else None
+            if text is not None and kind == "float":
+                try:
+                    ok = bool(np.isfinite(float(text)))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    bad.append((i, text))
+        if text is None and kind in ("float", "str"):
+            bad.append((i, "missing"))
+        out.append(text)
+    if bad:
+        i, what = bad[0]
+        raise DataError(str(reader.path), f"obs column '{column}' ({key}): {len(bad)} cell(s) without a usable {'numeric ' if kind == 'float' else ''}value, first: cell #{i + 1} ({what})")
+    return out
+
+
 def _set_enc(obj: Any, kind: str, version: str) -> None:
     obj.attrs["encoding-type"] = kind
     obj.attrs["encoding-version"] = version

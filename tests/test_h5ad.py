@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from biolm.core.errors import DataError
-from biolm.core.expression import H5adError, H5adReader, write_h5ad
+from biolm.core.h5ad import H5adError, H5adReader, write_h5ad
 
 sp = pytest.importorskip("scipy.sparse")
 

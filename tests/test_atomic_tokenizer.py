@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biolm.core.datasource import DelimitedOptions, Record, read_records
+from biolm.core.delimited import DelimitedOptions, Record, read_records
 from biolm.core.errors import BiolmError
-from biolm.core.tokenizer import AtomicTokenizer, encode_records, find_center, onehot, window
+from biolm.core.atomic_tokenizer import AtomicTokenizer, encode_records, find_center, onehot, window
 
 
 def rec(tokens, modifiers=None, i="r", line=1):

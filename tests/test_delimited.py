@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biolm.core.datasource import DelimitedOptions, ReadStats, Record, read_records
+from biolm.core.delimited import DelimitedOptions, ReadStats, Record, read_records
 from biolm.core.errors import BiolmError, ConfigError, DataError
-from biolm.core.tokenizer import AtomicTokenizer
+from biolm.core.atomic_tokenizer import AtomicTokenizer
 
 
 def write(tmp_path, text, name="data.tsv"):

@@ -1,4 +1,9 @@
-"""``predict`` mode, and the fold ensemble that predict and interpret share."""
+"""Trained models applied to new data: one fold model, or every fold of a cross-validation parent.
+
+Shared by ``predict`` and ``interpret``. A trained model brings everything it was trained with
+(tokenizer, scaler or classes, the input length it reads); nothing is refitted and the run's
+config is never changed to match it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics as M
 from .errors import BiolmError, ConfigError
-from .outputs import write_json
+from .hookspecs import Encoding
 
 
 class Ensemble:
@@ -29,6 +33,7 @@ class Ensemble:
         self.weights = w / w.sum()
         self.tokenizer = folds[0].tokenizer
         self.meta = folds[0].meta
+        self.classes = None
         if self.task == "classification":
             self.classes = folds[0].encoder.classes
             for f in folds[1:]:
@@ -64,6 +69,7 @@ class Ensemble:
 
 
 def load_ensemble(run: Any, device: Any) -> Ensemble:
+    """The model named by ``inference model: pretrainedmodel``, checked against the run."""
     from .modelio import find_fold_dirs, load_fold
 
     path = run.cfg.inference_model.pretrainedmodel
@@ -75,14 +81,13 @@ def load_ensemble(run: Any, device: Any) -> Ensemble:
             raise BiolmError(f"{f.path} is a {f.plugin} model, not {run.plugin.name}")
         if f.task != run.task:
             raise BiolmError(f"{f.path} was fine-tuned for {f.task}; run with --task {f.task}")
-    shas = {f.tokenizer.sha() for f in folds}
-    if len(shas) > 1:
+    if len({f.tokenizer.sha() for f in folds}) > 1:
         raise BiolmError(f"{path}: the folds use different tokenizers")
-    bs = folds[0].meta["blocksize"]
+    if len({f.meta["blocksize"] for f in folds}) > 1:
+        raise BiolmError(f"{path}: the folds read different input lengths (blocksize)")
     tr = run.cfg.settings.training
-    if tr.blocksize != bs:
-        run.log.info("blocksize %d -> %d (the model's)", tr.blocksize, bs)
-        tr.blocksize = bs
+    if tr.blocksize != folds[0].meta["blocksize"]:
+        run.log.info("blocksize %d of the model is used (the config says %d)", folds[0].meta["blocksize"], tr.blocksize)
     if tr.scaling != "none" and folds[0].scaler is not None and tr.scaling != folds[0].scaler.kind:
         run.log.warning("scaling %s in the config ignored: the model was trained with %s (loaded with it)", tr.scaling, folds[0].scaler.kind)
     ens = Ensemble(folds, run.cfg.inference_model.ensembleweighting)
@@ -90,10 +95,26 @@ def load_ensemble(run: Any, device: Any) -> Ensemble:
     return ens
 
 
+def model_encoding(run: Any, ens: Ensemble) -> Encoding:
+    """How this run's records are cut for the trained model: its input length; the run's
+    ``lefttailing``/``centertoken`` (which end of a long sequence to score is the user's choice)."""
+    return Encoding(int(ens.meta["blocksize"]), run.cfg.tokenization.lefttailing, run.cfg.settings.data_preprocessing.centertoken)
+
+
+def tokenizer_spec(run: Any, ens: Ensemble) -> Any:
+    return run.registry.tokenizer(ens.meta.get("encoding", run.plugin.tokenizer))
+
+
+def open_store(run: Any, ens: Ensemble, label_kind: str | None = None):
+    """The run's data source encoded for the trained model."""
+    return run.store(ens.tokenizer, label_kind, model_encoding(run, ens), tokenizer_spec(run, ens))
+
+
 def selected_indices(run: Any, store: Any) -> np.ndarray:
+    """The store records to score: all, or those in ``inferenceonsplits``."""
     src = run.source
     idx = np.arange(len(store))
-    if getattr(src, "inferenceonsplits", None):
+    if src.inferenceonsplits:
         if not (src.splitpos or src.splitcolumn):
             raise ConfigError("inference data source.inferenceonsplits", "needs splitpos (the column of split ids)")
         keep = set(map(str, src.inferenceonsplits))
@@ -105,12 +126,14 @@ def selected_indices(run: Any, store: Any) -> np.ndarray:
 
 
 def input_batches(run: Any, store: Any, ens: Ensemble, device: Any):
-    from .engine import Batches
-    from .finetune import make_loader_fn
+    """Batches of ``store`` as the trained model reads them."""
+    from .batching import Batches, loader_factory
 
-    tok_spec = run.registry.tokenizer(ens.meta.get("encoding", run.plugin.tokenizer))
-    pad_to = ens.meta["blocksize"] if ens.meta.get("fixed_length") else None
-    return Batches(make_loader_fn(run, store, pad_to), lambda b: tok_spec.make_input(ens.tokenizer, b, run.cfg), device, None, None)
+    spec = tokenizer_spec(run, ens)
+    encoding = model_encoding(run, ens)
+    pad_to = encoding.blocksize if ens.meta.get("fixed_length") else None
+    loader = loader_factory(store, run.cfg.settings.training.batchsize, pad_to, run.cfg.settings.environment.numworkers)
+    return Batches(loader, lambda b: spec.make_input(ens.tokenizer, b, encoding), device, None, None)
 
 
 def run_ensemble(ens: Ensemble, batches: Any, indices: np.ndarray, device: Any, precision: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -135,72 +158,3 @@ def run_ensemble(ens: Ensemble, batches: Any, indices: np.ndarray, device: Any, 
                 arr[rows] = o.float().cpu().numpy()
             combined[rows] = comb.float().cpu().numpy()
     return per_fold or [], combined if combined is not None else np.zeros((0,))
-
-
-def execute(run: Any) -> dict:
-    from .dataset import open_source_store
-    from .engine import resolve_device
-    from .finetune import write_predictions
-    from .scaling import LabelEncoder, parse_float_labels
-
-    env = run.cfg.settings.environment
-    device = resolve_device(env)
-    ens = load_ensemble(run, device)
-    store = open_source_store(run, ens.tokenizer, run.source, None)
-    idx = selected_indices(run, store)
-    batches = input_batches(run, store, ens, device)
-    per_fold, combined = run_ensemble(ens, batches, idx, device, env.precision)
-    ids = [store.ids[i] for i in idx]
-    raw = [store.labels[i] for i in idx]
-    labelled = bool(run.source.labelpos or run.source.labelcolumn) and all(r not in (None, "") for r in raw)
-    out_metrics: dict = {}
-    y = None
-    if labelled:  # bad labels stop the run before anything is written
-        y = parse_float_labels(raw, str(run.source.filepath)) if ens.task == "regression" else LabelEncoder(ens.classes).transform(raw, str(run.source.filepath))
-    if ens.task == "regression":
-        extra = {f"fold_{n}": p for n, p in zip(ens.names, per_fold)} if len(per_fold) > 1 else {}
-        write_predictions(run.modedir, "regression", ids, raw if labelled else [None] * len(ids), combined.reshape(-1, 1), None, None, extra_columns=extra)
-        if labelled:
-            out_metrics = M.regression(y, combined)
-    else:
-        enc = LabelEncoder(ens.classes)
-        logp = np.log(np.clip(combined, 1e-12, None))
-        extra = {f"fold_{n}_prob_{c}": p[:, j] for n, p in zip(ens.names, per_fold) for j, c in enumerate(ens.classes)} if len(per_fold) > 1 else {}
-        write_predictions(run.modedir, "classification", ids, raw if labelled else [None] * len(ids), logp, None, enc, extra_columns=extra)
-        if labelled:
-            out_metrics = M.classification(y, combined, len(ens.classes))
-    if out_metrics:
-        write_json(run.modedir / "test_results.json", {f"test_{k}": v for k, v in out_metrics.items()})
-    if run.cfg.inference_model.saveembeddings:
-        save_embeddings(run, ens, batches, idx, ids, device)
-    shown = {k: v for k, v in out_metrics.items() if isinstance(v, float)}
-    return {"metrics": shown, "lines": [f"predictions: {run.modedir / 'test_predictions.csv'} ({len(ids)} sequences)"]}
-
-
-def save_embeddings(run: Any, ens: Ensemble, batches: Any, idx: np.ndarray, ids: list, device: Any) -> None:
-    """``embeddings.h5``: one (N, D) dataset per fold model that has an ``embed`` method."""
-    import h5py
-    import torch
-
-    from .outputs import atomic_path
-
-    models = [(f.path.name, f.model) for f in ens.folds if hasattr(f.model, "embed")]
-    if not models:
-        run.log.warning("saveembeddings: the %s model has no embeddings; nothing written", run.plugin.name)
-        return
-    pos = {int(i): k for k, i in enumerate(idx)}
-    arrays: dict[str, np.ndarray] = {}
-    with torch.no_grad():
-        for bidx, inp, _, _ in batches(idx, shuffle=False):
-            rows = [pos[int(i)] for i in bidx]
-            for name, model in models:
-                e = model.embed(inp).float().cpu().numpy()
-                if name not in arrays:
-                    arrays[name] = np.zeros((len(idx), e.shape[-1]), dtype=np.float32)
-                arrays[name][rows] = e
-    path = run.modedir / "embeddings.h5"
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
-        for name, arr in arrays.items():
-            f.create_dataset(f"fold_{name}", data=arr, compression="gzip")
-    run.log.info("embeddings written to %s", path)

@@ -1,0 +1,150 @@
+"""Build a plugin's model and train it: one fold of fine-tune, or the pre-training split.
+
+The steps every training mode shares — seeding, building through the plugin's ``ModelSpec``,
+DDP wrapping, batches, optimizer, the engine's loop with progress, and what is saved about the
+model (``config.json``, ``trainer_state.json``) — so that each mode only says what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ConfigError
+from .hookspecs import Encoding, ModelInfo
+from .outputs import read_json, write_json
+
+
+def check_blocksize(run: Any) -> None:
+    bs = run.cfg.settings.training.blocksize
+    if bs < run.plugin.min_blocksize:
+        raise ConfigError("settings.training.blocksize", f"{run.plugin.name} needs at least {run.plugin.min_blocksize} tokens, got {bs}")
+
+
+def build_model(run: Any, info: ModelInfo, device: Any):
+    """The plugin's model for ``info``, initialised from the run's seed, on ``device``."""
+    import torch
+
+    torch.manual_seed(run.cfg.seed)
+    np.random.seed(run.cfg.seed % (2**32))
+    return run.model_spec.build(run.cfg.model, info).to(device)
+
+
+def make_batches(run: Any, store: Any, tokenizer: Any, device: Any, encoding: Encoding, y: np.ndarray | None = None, weights: np.ndarray | None = None, tokenizer_spec: Any = None):
+    """:class:`~biolm.core.batching.Batches` of ``store`` for this plugin's model."""
+    from .batching import Batches, loader_factory
+
+    spec = tokenizer_spec or run.tokenizer_spec
+    pad_to = encoding.blocksize if run.plugin.fixed_length else None
+    env = run.cfg.settings.environment
+    loader = loader_factory(store, run.cfg.settings.training.batchsize, pad_to, env.numworkers)
+    return Batches(loader, lambda b: spec.make_input(tokenizer, b, encoding), device, y, weights)
+
+
+def wrap_distributed(model: Any, device: Any) -> Any:
+    """DistributedDataParallel when launched with several processes, else the model itself."""
+    from .distributed import is_distributed
+
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@dataclass
+class Trained:
+    """What training produced besides the weights (restored to the best epoch in the model)."""
+
+    history: list
+    best_val_loss: float | None
+    runtime: float
+
+
+def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path, task: Any, train_idx: np.ndarray, val_idx: np.ndarray, device: Any, val_metrics: Callable | None = None, loss_fn: Callable | None = None) -> Trained:
+    """Gradient-descent training through the engine (early stopping, checkpoints, resume, DDP)."""
+    from .engine import make_optimizer, train
+    from .progress import Progress
+
+    tr, env = run.cfg.settings.training, run.cfg.settings.environment
+    wrapped = wrap_distributed(model, device)
+    optimizer = make_optimizer(wrapped, tr)
+    t0 = time.perf_counter()
+    with Progress(run.log, run.quiet) as progress:
+        state = train(
+            pm=run.registry.pm, plugin=run.plugin.name, fold=fold, folddir=folddir, model=wrapped, optimizer=optimizer,
+            task=task, batches=batches, train_idx=train_idx, val_idx=val_idx, nepochs=tr.nepochs, patience=tr.patience,
+            gradacc=tr.gradacc, clipnorm=tr.clipnorm, seed=run.cfg.seed, device=device, precision=env.precision,
+            resume=tr.resume, log=run.log, val_metrics=val_metrics, progress=progress, loss_fn=loss_fn,
+            penalty=run.model_spec.penalty,
+        )
+    return Trained(state.history, state.best_val_loss, time.perf_counter() - t0)
+
+
+def fit_one_pass(run: Any, model: Any, batches: Any, train_idx: np.ndarray, task: Any) -> Trained:
+    """Models fitted in one pass (``ModelSpec.fit``, e.g. incremental PCA + closed-form head)."""
+    t0 = time.perf_counter()
+    run.model_spec.fit(model, batches, train_idx, task, run.cfg.model)
+    return Trained([], None, time.perf_counter() - t0)
+
+
+def start_from_pretrained(run: Any, model: Any) -> None:
+    """fine-tune from pre-trained weights when the plugin can load them (``ModelSpec.load_pretrained``):
+    ``inference model: pretrainedmodel`` if it names pre-trained weights, else ``OUTPUTPATH/pre-train``."""
+    loader = run.model_spec.load_pretrained
+    if loader is None or run.cfg.settings.training.fromscratch:
+        return
+    path = run.cfg.inference_model.pretrainedmodel
+    if path and (Path(path) / "config.json").exists():
+        if read_json(Path(path) / "config.json").get("task") != "pre-train":
+            run.log.info("inference model.pretrainedmodel %s is a fine-tuned model (for predict/interpret), not pre-trained weights: ignored", path)
+            path = None
+    default = run.outdir / "pre-train"
+    if not path and (default / "pytorch_model.bin").exists():
+        path = default
+    if path:
+        run.log.info("starting from pre-trained weights in %s", path)
+        report = loader(model, Path(path))
+        if report:
+            run.log.info("pre-trained weights: %s", report if isinstance(report, str) else ", ".join(f"{k} {len(v) if hasattr(v, '__len__') and not isinstance(v, str) else v}" for k, v in report.items()))
+
+
+def model_meta(run: Any, model: Any, info: ModelInfo, **fields: Any) -> dict:
+    """``config.json`` of a trained model: what rebuilds it (plugin, task, encoding, input length,
+    ``model:`` section, architecture) and where it came from."""
+    cfg = run.cfg
+    arch = run.model_spec.architecture
+    meta = {
+        "plugin": run.plugin.name,
+        "task": info.task,
+        "encoding": cfg.tokenization.encoding,
+        "n_outputs": info.n_outputs,
+        "in_channels": info.in_channels,
+        "blocksize": info.blocksize,
+        "lefttailing": cfg.tokenization.lefttailing,
+        "centertoken": cfg.settings.data_preprocessing.centertoken,
+        "fixed_length": run.plugin.fixed_length,
+        "model": dataclasses.asdict(cfg.model) if cfg.model is not None and dataclasses.is_dataclass(cfg.model) else {},
+        "architecture": arch(_unwrap(model)) if arch is not None else None,
+        "extra": info.extra,
+    }
+    meta.update(fields)
+    meta.update({"seed": cfg.seed, "versions": run.versions()})
+    return meta
+
+
+def write_trainer_state(folddir: Path, history: list, best_val_loss: float | None, nepochs: int, **extra: Any) -> None:
+    """``trainer_state.json``: per-epoch history, the best epoch and why training ended."""
+    best_epoch = int(np.argmin([h["val_loss"] for h in history])) if history else None
+    write_json(folddir / "trainer_state.json", {"history": history, "best_epoch": best_epoch, "best_val_loss": best_val_loss, **extra, "epochs_run": len(history), "nepochs": nepochs, "stopped_early": bool(history) and len(history) < nepochs})
+
+
+def _unwrap(model: Any) -> Any:
+    from .distributed import unwrap
+
+    return unwrap(model)

@@ -1,0 +1,118 @@
+"""``fine-tune`` mode: splits, one trained model per fold, per-fold and cross-validation results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import metrics as M
+from ..errors import ConfigError, DataError
+from ..fold_training import build_model, check_blocksize, fit_one_pass, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
+from ..hookspecs import ModelInfo
+from ..outputs import write_json
+from ..results import metric_fn, metrics, plot_fold, write_predictions, write_result_files
+from ..scaling import LabelEncoder, LabelScaler, parse_float_labels, parse_weights
+from ..splits import make_folds
+
+
+def execute(run: Any) -> dict:
+    from ..distributed import init, is_main, main_first
+    from ..engine import resolve_device
+
+    cfg, src, tr = run.cfg, run.cfg.finetuning_source, run.cfg.settings.training
+    if src.labelpos is None and not src.labelcolumn:
+        raise ConfigError("fine-tuning data source.labelpos", "fine-tune needs labels: set the label column")
+    check_blocksize(run)
+    device = resolve_device(cfg.settings.environment)
+    init(device.type)
+    with main_first():  # rank 0 learns the tokenizer / builds the store, the others reuse them
+        tokenizer = run.tokenizer()
+        store = run.store(tokenizer, "float" if run.task == "regression" else "str")
+    split_ids = list(store.splits) if (src.splitpos or src.splitcolumn) else None
+    folds = make_folds(len(store), split_ids, crossvalidation=src.crossvalidation, splitratio=src.splitratio, devsplits=src.devsplits, testsplits=src.testsplits, cvscheme=src.cvscheme, seed=cfg.seed)
+    weights = parse_weights(list(store.weights), tr.qualityweights, src.filepath) if src.weightpos else None
+    if weights is not None and run.task != "regression":
+        run.log.warning("weightpos is used for regression only; ignored for classification")
+        weights = None
+    run.log.info("%d records, %d fold(s), device %s", len(store), len(folds), device)
+    results = [fit_fold(run, store, tokenizer, fold, weights, device) for fold in folds]
+    cv = M.summarize_folds(results)
+    if is_main():
+        write_json(run.modedir / "cv_results.json", {"folds": [f.name for f in folds], "sizes": [f.sizes() for f in folds], "metrics": cv})
+    if len(folds) > 1:
+        shown = {k: v["mean"] for k, v in cv.items() if not k.startswith("scaled_")}
+    else:
+        shown = {k: v for k, v in results[0].items() if isinstance(v, float) and not k.startswith("scaled_")}
+    return {"metrics": shown, "lines": [f"folds: {', '.join(str(run.modedir / f.name) for f in folds)}"]}
+
+
+def targets(run: Any, raw: list, fold: Any):
+    """Training targets of one fold: (y, scaler, encoder, task) — the scaler or label encoder is
+    fitted on the fold's training split only."""
+    import torch
+
+    from ..engine import Task
+
+    src_name = str(run.cfg.finetuning_source.filepath)
+    if run.task == "regression":
+        labels = parse_float_labels(raw, src_name)
+        scaler = LabelScaler(run.cfg.settings.training.scaling).fit(labels[fold.train], src_name)
+        y = scaler.transform(labels, src_name).astype(np.float32)
+        return y, scaler, None, Task("regression", 1)
+    encoder = LabelEncoder().fit([raw[i] for i in fold.train])
+    y = encoder.transform(raw, f"{src_name} (fold {fold.name}: classes of validation/test must occur in training)")
+    n = len(encoder.classes)
+    if n < 2:
+        raise DataError(src_name, f"fold {fold.name}: classification needs at least 2 classes in the training split, found {encoder.classes}")
+    cw = None
+    if run.cfg.settings.training.classweights:
+        counts = np.bincount(y[fold.train], minlength=n).astype(np.float64)
+        cw = torch.tensor(len(fold.train) / (n * np.maximum(counts, 1)), dtype=torch.float32)
+    return y, None, encoder, Task("classification", n, cw)
+
+
+def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarray | None, device: Any) -> dict:
+    """Train one fold and write its folder; returns the reported split's metrics (test, else validation)."""
+    from ..distributed import is_main
+    from ..engine import evaluate
+    from ..modelio import save_fold
+
+    tr = run.cfg.settings.training
+    folddir = run.modedir / fold.name
+    folddir.mkdir(parents=True, exist_ok=True)
+    raw = list(store.labels)
+    y, scaler, encoder, task = targets(run, raw, fold)
+    encoding = run.encoding()
+    info = ModelInfo(task=run.task, n_outputs=task.n_outputs, in_channels=tokenizer.n_channels, blocksize=encoding.blocksize, tokenizer=tokenizer, extra={"vocab_size": len(tokenizer.vocab)})
+    model = build_model(run, info, device)
+    start_from_pretrained(run, model)
+    batches = make_batches(run, store, tokenizer, device, encoding, y, weights)
+    if run.model_spec.fit is not None:
+        trained = fit_one_pass(run, model, batches, fold.train, task)
+    else:
+        val = metric_fn(run.task, y, fold.val, scaler, task.n_outputs)
+        trained = train_model(run, model, batches, fold=fold.name, folddir=folddir, task=task, train_idx=fold.train, val_idx=fold.val, device=device, val_metrics=val)
+    parts = {"train": fold.train, "eval": fold.val, **({"test": fold.test} if len(fold.test) else {})}
+    results, outputs = {}, {}
+    for part, idx in parts.items():
+        outputs[part], loss = evaluate(model, batches, idx, task, device, run.cfg.settings.environment.precision)
+        results[part] = {f"{part}_loss": loss, **{f"{part}_{k}": v for k, v in metrics(run.task, y, idx, outputs[part], scaler, task.n_outputs).items()}}
+    n_epochs = len(trained.history)
+    results["train"].update({"train_runtime": trained.runtime, "train_samples": len(fold.train), "train_samples_per_second": len(fold.train) * max(n_epochs, 1) / max(trained.runtime, 1e-9), "epochs": n_epochs})
+    shown = "test" if "test" in parts else "eval"
+    headline = {k[len(shown) + 1 :]: v for k, v in results[shown].items() if isinstance(v, float)}
+    if not is_main():
+        return headline
+    best = trained.best_val_loss if trained.best_val_loss is not None else results["eval"]["eval_loss"]
+    meta = model_meta(run, model, info, fold=fold.name, best_val_loss=best)
+    save_fold(folddir, model, meta, run.outdir / "tokenizer.json", scaler, encoder)
+    if run.model_spec.export is not None:
+        run.model_spec.export(model, folddir)
+    write_trainer_state(folddir, trained.history, best, tr.nepochs)
+    write_result_files(folddir, results)
+    idx = parts[shown]
+    write_predictions(folddir, run.task, [store.ids[i] for i in idx], [raw[i] for i in idx], outputs[shown], scaler, encoder, split=shown)
+    plot_fold(folddir, trained.history, run.task, y, idx, outputs[shown], scaler, encoder, results[shown], shown)
+    run.log.info("fold %s: %s", fold.name, "  ".join(f"{k} {v:.4g}" for k, v in results[shown].items() if isinstance(v, float)))
+    return headline

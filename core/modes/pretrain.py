@@ -1,0 +1,99 @@
+"""``pre-train`` mode: self-supervised training of a plugin's model on the tokenizing data source.
+
+A plugin opts in by listing ``pre-train`` in ``PluginConfig.modes`` and giving
+``ModelSpec.pretrain_loss(model, batch, generator) -> loss`` (or ``(loss, n_scored)``); the
+objective's seeded draws are :mod:`biolm.core.pretrain_objective`. Its
+``build`` is called with ``ModelInfo(task="pre-train", n_outputs=0, ...)``; ``info.extra`` carries
+``vocab_size`` and ``mlmprobability`` (``settings.training.mlmprobability``).
+
+What happens:
+
+- the tokenizer is loaded (``OUTPUTPATH/tokenizer.json``) or learned first; the tokenizing source
+  is encoded into ``OUTPUTPATH/pre-train/dataset.h5`` (reused by hash);
+- a seeded random 95/5 split into training and validation records (at least one of each);
+- training with the shared engine (early stopping on the validation loss, ``patience``, best
+  weights restored, a checkpoint per epoch and ``resume`` exactly as fine-tune; DDP when several
+  processes). The random draws of the objective (e.g. which tokens are masked) come from a
+  ``torch.Generator`` seeded from (seed, rank, epoch) at the start of every epoch, so a resumed
+  run masks exactly as an uninterrupted one; validation uses the same fixed draws every epoch,
+  so validation losses are comparable across epochs;
+- outputs in ``OUTPUTPATH/pre-train/``: ``pytorch_model.bin`` (the state dict of the pre-training
+  model, e.g. encoder + masked-LM head), ``config.json``, ``tokenizer.json``,
+  ``trainer_state.json`` (per-epoch history incl. ``val_perplexity = exp(val_loss)``),
+  ``train_results.json``, ``eval_results.json`` (``eval_loss``: the mean loss over every scored
+  token of the validation records, with fixed draws; ``eval_perplexity = exp(eval_loss)``) and
+  ``learning_curves.png``.
+
+``fine-tune`` then starts from ``OUTPUTPATH/pre-train`` (through the plugin's ``ModelSpec.load_pretrained``)
+unless ``fromscratch`` is set or ``inference model: pretrainedmodel`` names other weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from ..errors import BiolmError, DataError
+from ..fold_training import build_model, check_blocksize, make_batches, model_meta, train_model, write_trainer_state
+from ..hookspecs import ModelInfo
+from ..outputs import write_json
+from ..pretrain_objective import Objective, evaluate_tokens, perplexity, split_records
+
+
+def execute(run: Any) -> dict:
+    from .. import plots
+    from ..distributed import init, is_main, main_first, unwrap, world
+    from ..engine import Task, resolve_device
+    from ..outputs import save_torch
+
+    cfg, tr, env = run.cfg, run.cfg.settings.training, run.cfg.settings.environment
+    if run.model_spec.pretrain_loss is None:
+        raise BiolmError(f"plugin {run.plugin.name!r} has no pre-training objective (ModelSpec.pretrain_loss)")
+    check_blocksize(run)
+    device = resolve_device(env)
+    init(device.type)
+    with main_first():  # rank 0 learns the tokenizer / builds the store, the others reuse them
+        tokenizer = run.tokenizer()
+        store = run.store(tokenizer, None)
+    try:
+        train_idx, val_idx = split_records(len(store), cfg.seed)
+    except DataError:
+        raise DataError(str(cfg.tokenizing_source.filepath), f"pre-training needs at least 2 records (one for validation), got {len(store)}") from None
+    run.log.info("%d records: %d for training, %d for validation (seeded random 95/5); device %s", len(store), len(train_idx), len(val_idx), device)
+    encoding = run.encoding()
+    info = ModelInfo(task="pre-train", n_outputs=0, in_channels=tokenizer.n_channels, blocksize=encoding.blocksize, tokenizer=tokenizer, extra={"vocab_size": len(tokenizer.vocab), "mlmprobability": tr.mlmprobability})
+    model = build_model(run, info, device)
+    batches = make_batches(run, store, tokenizer, device, encoding)
+    objective = Objective(run.model_spec.pretrain_loss, cfg.seed, world()[0], device)
+    folddir = run.modedir
+    run.registry.pm.register(objective)
+    try:
+        trained = train_model(run, model, batches, fold="pre-train", folddir=folddir, task=Task("pre-train", 0), train_idx=train_idx, val_idx=val_idx, device=device, loss_fn=objective)
+    finally:
+        run.registry.pm.unregister(objective)
+    if not is_main():
+        return {}
+    history = trained.history
+    eval_loss, n_tokens = evaluate_tokens(model, batches, val_idx, objective, device, env.precision)
+    save_torch(folddir / "pytorch_model.bin", {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()})
+    write_json(folddir / "config.json", model_meta(run, model, info, best_val_loss=trained.best_val_loss))
+    shutil.copyfile(run.outdir / "tokenizer.json", folddir / "tokenizer.json")
+    write_trainer_state(folddir, history, trained.best_val_loss, tr.nepochs, best_val_perplexity=perplexity(trained.best_val_loss))
+    last = history[-1] if history else {}
+    train_results = {
+        "train_loss": last.get("train_loss"),
+        "train_perplexity": last.get("train_perplexity"),
+        "train_runtime": trained.runtime,
+        "train_samples": len(train_idx),
+        "train_samples_per_second": len(train_idx) * max(len(history), 1) / max(trained.runtime, 1e-9),
+        "epochs": len(history),
+    }
+    eval_results = {"eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss), "eval_samples": len(val_idx), "eval_scored_tokens": n_tokens}
+    write_json(folddir / "train_results.json", train_results)
+    write_json(folddir / "eval_results.json", eval_results)
+    write_json(folddir / "all_results.json", {**train_results, **eval_results})
+    if history:
+        plots.learning_curves(history, folddir / "learning_curves.png")
+    run.log.info("pre-train: eval loss %.5g, perplexity %.5g (%d scored tokens of %d validation records)", eval_loss, eval_results["eval_perplexity"], n_tokens, len(val_idx))
+    metrics = {"eval_loss": eval_loss, "eval_perplexity": eval_results["eval_perplexity"], "train_loss": float(last.get("train_loss", float("nan"))), "epochs": len(history)}
+    return {"metrics": metrics, "lines": [f"pre-trained weights: {folddir / 'pytorch_model.bin'} (fine-tune starts from them)"]}
