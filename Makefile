@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,17 +18,20 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
+	@echo "make demo: starting afresh in experiments/rna_saluki (removing an earlier demo run there)"
 	rm -rf experiments/rna_saluki
 	$(BIN)/biolm saluki tokenize --configfile exampleconfigs/saluki/tokenize_fine-tune.yaml
 	$(BIN)/biolm saluki fine-tune --task regression --configfile exampleconfigs/saluki/tokenize_fine-tune.yaml
 	$(BIN)/biolm saluki predict --task regression --configfile exampleconfigs/saluki/predict_interpret.yaml
 	$(BIN)/biolm saluki interpret --task regression --configfile exampleconfigs/saluki/predict_interpret.yaml
 
+# the suite without the long accuracy runs (budget: 8 min on a quiet 2-core machine)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
-
-test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the long accuracy and packaging runs, each named as it runs (CI runs them as their own step)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -v -m slow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokenize_store.py --quick
