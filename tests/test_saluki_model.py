@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from biolm.plugins.saluki.keras_weights import load_keras_weights
-from biolm.plugins.saluki.kernels import _DropMaxPool, _GRURecurrence, _pair_keep_mask
+from biolm.plugins.saluki.kernels import DropMaxPool, GRURecurrence, pair_keep_mask
 from biolm.plugins.saluki.model import Saluki, gru_steps, min_seq_length, trunk_lengths
 
 FIX = Path(__file__).parent / "fixtures" / "saluki"
@@ -188,7 +188,7 @@ def test_training_forward_and_gradients_match_reference(go_backwards):
 def test_max_pool_ties_route_the_gradient_to_the_first_element():
     y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.5, 2.0], [0.7, 2.0], [3.0, 3.0], [1.0, 3.0]], dtype=torch.float64)
     ours = y.clone().requires_grad_(True)
-    _DropMaxPool.apply(ours.clone(), 0.0, True).sum().backward()
+    DropMaxPool.apply(ours.clone(), 0.0, True).sum().backward()
     ref = y.clone().requires_grad_(True)
     torch.nn.functional.max_pool1d(ref.T[None], 2).sum().backward()
     torch.testing.assert_close(ours.grad, ref.grad)
@@ -215,7 +215,7 @@ def test_gru_recurrence_matches_nn_gru(backwards):
     x = torch.randn(3, 7, 8, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(1, 3, 8, dtype=torch.float64, requires_grad=True)
     xp = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
-    ours = _GRURecurrence.apply(xp, gru.weight_hh_l0, gru.bias_hh_l0, h0[0], backwards)
+    ours = GRURecurrence.apply(xp, gru.weight_hh_l0, gru.bias_hh_l0, h0[0], backwards)
     _, ref = gru(torch.flip(x, [1]) if backwards else x, h0)
     torch.testing.assert_close(ours, ref[0])
     inputs = (x, h0, *gru.parameters())
@@ -229,10 +229,10 @@ def test_dropout_maxpool_matches_reference():
     y = torch.randn(2001, 16, requires_grad=True)  # odd: the last row is not pooled
     g = torch.randn(1000, 16)
     torch.manual_seed(7)
-    out = _DropMaxPool.apply(y, 0.3)
+    out = DropMaxPool.apply(y, 0.3)
     (gy,) = torch.autograd.grad(out, y, g)
     torch.manual_seed(7)
-    keep = _pair_keep_mask(1000, 16, 0.3, y)
+    keep = pair_keep_mask(1000, 16, 0.3, y)
     ref = (y[:2000].view(1000, 2, 16) * keep / 0.7).amax(1)
     (gref,) = torch.autograd.grad(ref, y, g)
     torch.testing.assert_close(out, ref)
@@ -240,16 +240,16 @@ def test_dropout_maxpool_matches_reference():
     assert torch.all(gy[2000] == 0)
     # ties go to the first element of the pair, as in TensorFlow's MaxPool gradient
     t = torch.ones(4, 3, requires_grad=True)
-    (gt,) = torch.autograd.grad(_DropMaxPool.apply(t, 0.0), t, torch.ones(2, 3))
+    (gt,) = torch.autograd.grad(DropMaxPool.apply(t, 0.0), t, torch.ones(2, 3))
     assert torch.equal(gt, torch.tensor([[1.0] * 3, [0.0] * 3] * 2))
 
 
 def test_dropout_mask_rate_and_reproducibility():
     like = torch.empty(0)
     torch.manual_seed(3)
-    a = _pair_keep_mask(500_000, 2, 0.3, like)
+    a = pair_keep_mask(500_000, 2, 0.3, like)
     torch.manual_seed(3)
-    b = _pair_keep_mask(500_000, 2, 0.3, like)
+    b = pair_keep_mask(500_000, 2, 0.3, like)
     assert torch.equal(a, b)
     assert set(a.unique().tolist()) == {0.0, 1.0}
     # both elements of a pair are kept independently with probability 0.7

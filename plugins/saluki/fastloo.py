@@ -55,18 +55,6 @@ _CHUNK = 1024  # most perturbations per chunk (the largest temporary is (2K, chu
 _MIN_CHUNK = 256  # fewest perturbations per chunk when chunks are spread over threads
 
 
-def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's own activation table (kept in sync with :mod:`.model`)."""
-    table = getattr(_model, "_ACTIVATIONS", None)
-    if table is not None and name in table:
-        return table[name]
-    if name == "relu":
-        return F.relu
-    if name == "linear":
-        return lambda x: x
-    raise ValueError(f"unsupported Saluki activation {name!r}")
-
-
 def _window_starts(p: int, k: int, num_layers: int) -> list[int]:
     """First row of the ``K``-row window of input change ``p`` after conv0 and after each block.
 
@@ -97,9 +85,9 @@ class _Net:
         self.k = int(net.kernel_size)
         self.n_layers = int(net.num_layers)
         self.f = int(net.filters)
-        self.eps = float(getattr(net, "ln_epsilon", net.final_ln.eps))
-        self.act = _activation(getattr(net, "activation", "relu"))
-        self.backwards = bool(getattr(net, "go_backwards", True))
+        self.eps = float(net.ln_epsilon)
+        self.act = _model.ACTIVATIONS[net.activation]
+        self.backwards = bool(net.go_backwards)
         # conv weights (C_out, C_in, K) -> (C_in * K, C_out), matching unfold's (C_in, K) order
         self.w0 = net.conv0.weight.detach().flatten(1).t().contiguous()
         self.wb = [blk.conv.weight.detach().flatten(1).t().contiguous() for blk in net.blocks]

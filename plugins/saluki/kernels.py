@@ -38,7 +38,7 @@ def _cl4_weight(w: torch.Tensor) -> torch.Tensor:
 _DW_ROWS = 8192  # row block of the weight-gradient GEMMs (~2 MiB of G and X: about an L2)
 
 
-class _FlatConv(torch.autograd.Function):
+class FlatConv(torch.autograd.Function):
     """Valid 1-D cross-correlation over a flat channels-last sequence.
 
     Forward and backward-data are oneDNN ``nwc`` kernels, which run near the matmul peak; its
@@ -144,7 +144,7 @@ def _uniform(shape: tuple[int, ...], like: torch.Tensor, scratch: bool = False) 
     return torch.from_numpy(out).view(shape).to(like.dtype)
 
 
-def _pair_keep_mask(pairs: int, channels: int, p: float, like: torch.Tensor) -> torch.Tensor:
+def pair_keep_mask(pairs: int, channels: int, p: float, like: torch.Tensor) -> torch.Tensor:
     """Independent Bernoulli(1 - p) float {0, 1} keep masks for both elements of every pair.
 
     Returns
@@ -168,7 +168,7 @@ def _pair_keep_mask(pairs: int, channels: int, p: float, like: torch.Tensor) -> 
     return m
 
 
-class _DropMaxPool(torch.autograd.Function):
+class DropMaxPool(torch.autograd.Function):
     """``MaxPool1D(2)(Dropout(p)(y))`` on a flat ``(N, C)`` sequence -> ``(N // 2, C)``.
 
     Saves one float weight per input element (its share of the output gradient: the dropout
@@ -186,7 +186,7 @@ class _DropMaxPool(torch.autograd.Function):
         if not scratch:
             yp = yp.clone()
         if p > 0.0:
-            w = _pair_keep_mask(n2, c, p, y)
+            w = pair_keep_mask(n2, c, p, y)
             z = yp.mul_(w)
         else:
             w = torch.ones((n2, 2, c), dtype=y.dtype, device=y.device)
@@ -220,12 +220,12 @@ class _DropMaxPool(torch.autograd.Function):
         return gy, None, None
 
 
-def _max_pool_pairs(y: torch.Tensor) -> torch.Tensor:
+def max_pool_pairs(y: torch.Tensor) -> torch.Tensor:
     """Eval-mode ``MaxPool1D(2)`` on a flat ``(N, C)`` sequence -> ``(N // 2, C)``; ``y`` is a
     temporary that may be overwritten."""
     if torch.is_grad_enabled() and y.requires_grad:
         # keeps TensorFlow's first-index tie rule for the gradient (torch.maximum splits ties)
-        return _DropMaxPool.apply(y, 0.0, True)
+        return DropMaxPool.apply(y, 0.0, True)
     n2 = y.shape[0] // 2
     yp = y[: 2 * n2].view(n2, 2, y.shape[1])
     return torch.maximum(yp[:, 0], yp[:, 1])
@@ -247,9 +247,9 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def _gru_loop(xp: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
+def gru_loop(xp: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
               backwards: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GRU recurrence (no autograd). Shapes as in :class:`_GRURecurrence`.
+    """GRU recurrence (no autograd). Shapes as in :class:`GRURecurrence`.
 
     Returns
     -------
@@ -281,7 +281,7 @@ def _gru_loop(xp: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h0: torc
     return hs, hp, rz, n
 
 
-class _GRURecurrence(torch.autograd.Function):
+class GRURecurrence(torch.autograd.Function):
     """The recurrent half of a GRU (``reset_after`` form) given precomputed input projections.
 
     Parameters (of ``forward``)
@@ -304,7 +304,7 @@ class _GRURecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp, w_hh, b_hh, h0, backwards: bool):
-        hs, hp, rz, nn_ = _gru_loop(xp, w_hh, b_hh, h0, backwards)
+        hs, hp, rz, nn_ = gru_loop(xp, w_hh, b_hh, h0, backwards)
         ctx.save_for_backward(w_hh, hs, hp, rz, nn_)
         ctx.backwards = backwards
         ctx.xp_shape = xp.shape
@@ -314,7 +314,7 @@ class _GRURecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         with _one_thread():  # every tensor here is small
-            return _GRURecurrence._backward(ctx, dh)
+            return GRURecurrence._backward(ctx, dh)
 
     @staticmethod
     def _backward(ctx, dh):

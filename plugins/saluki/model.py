@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import _DropMaxPool, _FlatConv, _GRURecurrence, _gru_loop, _max_pool_pairs
+from .kernels import DropMaxPool, FlatConv, GRURecurrence, gru_loop, max_pool_pairs
 
 __all__ = [
     "Saluki",
@@ -146,7 +146,7 @@ def _slot(length: int, num_layers: int) -> int:
 
 
 # basenji.layers.activate: "gelu" is tf.keras.activations.gelu(approximate=True), the tanh form
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "sigmoid": torch.sigmoid,
@@ -253,8 +253,8 @@ class Saluki(nn.Module):
             raise ValueError(f"bn_momentum must be in [0, 1], got {bn_momentum}")
         if augment_shift < 0:
             raise ValueError(f"augment_shift must be >= 0, got {augment_shift}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         lmin = min_seq_length(kernel_size, num_layers)
         if seq_length < lmin:
             raise ValueError(
@@ -330,7 +330,7 @@ class Saluki(nn.Module):
         # the norm output is a fresh tensor nobody saved, so relu may overwrite it
         if self.activation == "relu":
             return x.relu_()
-        return _ACTIVATIONS[self.activation](x)
+        return ACTIVATIONS[self.activation](x)
 
     def _norm_act(self, h: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
         return self._act_(F.layer_norm(h, (self.filters,), ln.weight, ln.bias, self.ln_epsilon))
@@ -369,14 +369,14 @@ class Saluki(nn.Module):
         (N_out, filters)
             Flat GRU input; slot ``s`` at depth 0 maps to rows ``s / 2**num_layers``.
         """
-        h = _FlatConv.apply(h, self.conv0.weight, None)
+        h = FlatConv.apply(h, self.conv0.weight, None)
         if record is not None:
             record("conv0_out", h, 0)
         drop = self.dropout if self.training else 0.0
         for i, blk in enumerate(self.blocks):
             a = self._norm_act(h, blk.ln)
-            y = _FlatConv.apply(a, blk.conv.weight, blk.conv.bias)
-            h = _DropMaxPool.apply(y, drop, True) if drop > 0.0 else _max_pool_pairs(y)
+            y = FlatConv.apply(a, blk.conv.weight, blk.conv.bias)
+            h = DropMaxPool.apply(y, drop, True) if drop > 0.0 else max_pool_pairs(y)
             if record is not None:
                 record(f"block{i}_out", h, i + 1)
         return self._norm_act(h, self.final_ln)
@@ -406,10 +406,10 @@ class Saluki(nn.Module):
         if xp.shape[1] == 0:
             return h0.expand(xp.shape[0], self.filters)
         bw = self.go_backwards if backwards is None else backwards
-        return _GRURecurrence.apply(xp, self.gru.weight_hh_l0, self.gru.bias_hh_l0, h0, bw)
+        return GRURecurrence.apply(xp, self.gru.weight_hh_l0, self.gru.bias_hh_l0, h0, bw)
 
     def _head(self, state: torch.Tensor, record: dict | None = None) -> torch.Tensor:
-        act = _ACTIVATIONS[self.activation]
+        act = ACTIVATIONS[self.activation]
         h = act(self.bn1(state))
         if record is not None:
             record["bn1_relu_out"] = h
@@ -494,7 +494,7 @@ class Saluki(nn.Module):
         hs = None
         if self.go_backwards:
             with torch.no_grad():
-                hs = _gru_loop(xpc.view(1, 1, -1).expand(1, steps, xpc.shape[0]), self.gru.weight_hh_l0,
+                hs = gru_loop(xpc.view(1, 1, -1).expand(1, steps, xpc.shape[0]), self.gru.weight_hh_l0,
                                self.gru.bias_hh_l0, xpc.new_zeros(1, self.filters), True)[0]
         if not grad:
             self._pad_cache = (key, (pad, xpc, hs))
