@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
