@@ -64,6 +64,13 @@ def register_config(register):
     )
 
 
+def _fast_loo(model, inp, n, positions, rows):
+    """Exact single-position leave-one-out: the change runs sparsely through the first locally connected layers."""
+    from .fastloo import fast_loo
+
+    return fast_loo(model, inp, n, positions, rows)
+
+
 @hookimpl
 def register_model(register):
-    register("lcl", ModelSpec(build=_build, penalty=_penalty))
+    register("lcl", ModelSpec(build=_build, penalty=_penalty, fast_loo=_fast_loo))

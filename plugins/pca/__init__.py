@@ -85,6 +85,13 @@ def register_config(register):
     )
 
 
+def _fast_loo(model, inp, n, positions, rows):
+    """Exact single-position leave-one-out in closed form (the model is linear in its input)."""
+    from .fastloo import fast_loo
+
+    return fast_loo(model, inp, n, positions, rows)
+
+
 @hookimpl
 def register_model(register):
-    register("pca", ModelSpec(build=_build, fit=_fit, embed=_embed))
+    register("pca", ModelSpec(build=_build, fit=_fit, embed=_embed, fast_loo=_fast_loo))

@@ -94,6 +94,13 @@ def register_config(register):
     )
 
 
+def _fast_loo(model, inp, n, positions, rows):
+    """Exact single-position leave-one-out: only the windows over the changed row are rescored."""
+    from .fastloo import fast_loo
+
+    return fast_loo(model, inp, n, positions, rows)
+
+
 @hookimpl
 def register_model(register):
-    register("psam", ModelSpec(build=_build, export=_export))
+    register("psam", ModelSpec(build=_build, export=_export, fast_loo=_fast_loo))
