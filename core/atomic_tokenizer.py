@@ -69,6 +69,8 @@ class AtomicTokenizer:
     unknown_counts : Counter, unknown token -> occurrences over all :meth:`encode` calls.
     """
 
+    positional = True  # a record is a sequence: scores are drawn along it
+
     def __init__(
         self,
         vocab: Sequence[str],

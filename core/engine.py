@@ -92,9 +92,7 @@ class EarlyStopping:
         else:
             state.bad_epochs += 1
             if state.bad_epochs >= self.patience:
-                state.stop_training = True
-                if state.log:
-                    state.log.info("fold %s: early stop after epoch %d (best epoch %d, val loss %.5g)", state.fold, state.epoch, state.best_epoch, state.best_val_loss)
+                state.stop_training = True  # EpochLog says so, after this epoch's line
 
 
 class Checkpointer:
@@ -139,12 +137,27 @@ class Checkpointer:
 
 
 class EpochLog:
+    """One line per epoch, then why training stopped and which epoch's weights are kept (epochs
+    counted from 1 in everything a user reads)."""
+
     @hookimpl
     def on_epoch_end(self, state: TrainState) -> None:
-        if state.log:
-            m = state.metrics
-            extra = "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in ("train_loss", "val_loss") and isinstance(v, float))
-            state.log.info("fold %s epoch %d/%d: train loss %.5g  val loss %.5g  %s", state.fold, state.epoch + 1, state.nepochs, m.get("train_loss", float("nan")), m.get("val_loss", float("nan")), extra)
+        if not state.log:
+            return
+        m = state.metrics
+        extra = "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in ("train_loss", "val_loss") and isinstance(v, float))
+        state.log.info("%s epoch %d/%d: train loss %.5g  val loss %.5g  %s", _what(state.fold), state.epoch + 1, state.nepochs, m.get("train_loss", float("nan")), m.get("val_loss", float("nan")), extra)
+        if state.stop_training:
+            state.log.info("%s: early stop after epoch %d (no better validation loss for %d epochs)", _what(state.fold), state.epoch + 1, state.bad_epochs)
+
+    @hookimpl
+    def on_train_end(self, state: TrainState) -> None:
+        if state.log and state.best_epoch >= 0:
+            state.log.info("%s: keeping the weights of epoch %d (best validation loss %.5g)", _what(state.fold), state.best_epoch + 1, state.best_val_loss)
+
+
+def _what(fold: str) -> str:
+    return "pre-training" if fold == "pre-train" else f"fold {fold}"
 
 
 class TensorBoard:

@@ -138,10 +138,25 @@ def model_meta(run: Any, model: Any, info: ModelInfo, **fields: Any) -> dict:
     return meta
 
 
+def best_epoch(history: list) -> int | None:
+    """The epoch (counted from 1) with the lowest validation loss: the one whose weights are kept."""
+    return int(np.argmin([h["val_loss"] for h in history])) + 1 if history else None
+
+
 def write_trainer_state(folddir: Path, history: list, best_val_loss: float | None, nepochs: int, **extra: Any) -> None:
-    """``trainer_state.json``: per-epoch history, the best epoch and why training ended."""
-    best_epoch = int(np.argmin([h["val_loss"] for h in history])) if history else None
-    write_json(folddir / "trainer_state.json", {"history": history, "best_epoch": best_epoch, "best_val_loss": best_val_loss, **extra, "epochs_run": len(history), "nepochs": nepochs, "stopped_early": bool(history) and len(history) < nepochs})
+    """``trainer_state.json``: per-epoch history, the best epoch (weights kept) and why training
+    ended; epochs are counted from 1, as on screen."""
+    numbered = [{**h, "epoch": h["epoch"] + 1} for h in history]
+    write_json(folddir / "trainer_state.json", {"history": numbered, "best_epoch": best_epoch(history), "best_val_loss": best_val_loss, **extra, "epochs_run": len(history), "nepochs": nepochs, "stopped_early": bool(history) and len(history) < nepochs})
+
+
+def loss_name(task: Any, scaling: str = "none") -> str:
+    """What the training loss is, for plot axes."""
+    if task.kind == "regression":
+        return "MSE" + (f" ({scaling}-scaled labels)" if scaling != "none" else " (labels)")
+    if task.kind == "classification":
+        return "cross-entropy" + (" (class-weighted)" if task.class_weights is not None else "")
+    return "loss per scored token (cross-entropy)"
 
 
 def _unwrap(model: Any) -> Any:

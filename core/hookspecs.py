@@ -207,12 +207,15 @@ class Tokenizer(Protocol):
 
     ``vocab[i]`` is the name of token id ``i`` (store ids index it; -1 = unknown/padding);
     ``n_channels`` the input channels a model sees (vocabulary + modifiers for one-hot models);
-    ``n_modifiers`` the per-token float channels kept in the store.
+    ``n_modifiers`` the per-token float channels kept in the store; ``positional``: the tokens of
+    a record form a sequence whose positions mean something (interpret draws scores along it),
+    rather than a set of named features such as genes (interpret draws the top-scoring ones).
     """
 
     vocab: list[str]
     n_channels: int
     n_modifiers: int
+    positional: bool
 
     def sha(self) -> str:
         """Content hash: a changed tokenizer rebuilds every store encoded with it."""

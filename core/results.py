@@ -86,12 +86,12 @@ def write_result_files(folder: Path, results: dict[str, dict]) -> None:
     write_json(folder / "all_results.json", {k: v for part in results.values() for k, v in part.items()})
 
 
-def plot_fold(folder: Path, history: list, task: str, y: np.ndarray, idx: np.ndarray, out: np.ndarray, scaler: Any, encoder: Any, results: dict, part: str) -> None:
+def plot_fold(folder: Path, history: list, task: str, y: np.ndarray, idx: np.ndarray, out: np.ndarray, scaler: Any, encoder: Any, results: dict, part: str, title: str = "", loss: str = "loss", best_epoch: int | None = None) -> None:
     """Learning curves and, for the reported split, a scatter plot or a confusion matrix."""
     from . import plots
 
     if history:
-        plots.learning_curves(history, folder / "learning_curves.png")
+        plots.learning_curves(history, folder / "learning_curves.png", title=title, loss=loss, best_epoch=best_epoch)
     if task == "regression":
         yt, yp = scaler.inverse(y[idx]), scaler.inverse(out[:, 0])
         plots.scatter(yt, yp, {k.split("_", 1)[1]: v for k, v in results.items() if "_" in k}, folder / f"{part}_scatter.png", title=part)

@@ -223,3 +223,22 @@ def test_a_last_training_batch_of_one_does_not_break_batchnorm(tmp_path, rna_fil
     cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", fine_tuning_data_source={"splitratio": "70,30"}, settings={"training": {"batchsize": 31, "blocksize": 320, "nepochs": 1}}, model={"filters": 8})
     r = run("saluki", "fine-tune", task="regression", configfile=cfg, quiet=True)
     assert (r.modedir / "0/pytorch_model.bin").exists()
+
+
+def test_epochs_are_counted_from_one_and_the_kept_epoch_is_named(tmp_path, rna_file):
+    """trainer_state.json, the log and the plot agree on 1-based epochs; the early-stop line comes
+    after the line of the epoch it refers to, and the log says which epoch's weights were kept."""
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", settings={"training": {"batchsize": 16, "blocksize": 64, "nepochs": 12, "patience": 1, "lr": 0.05}})
+    r = _run("fine-tune", cfg)
+    state = json.loads((r.modedir / "0/trainer_state.json").read_text())
+    hist = state["history"]
+    assert [h["epoch"] for h in hist] == list(range(1, len(hist) + 1))
+    losses = [h["val_loss"] for h in hist]
+    assert state["best_epoch"] == hist[int(np.argmin(losses))]["epoch"]
+    log = next((r.modedir / "logs").glob("*.log")).read_text().splitlines()
+    epoch_lines = [i for i, ln in enumerate(log) if " epoch " in ln and "/12:" in ln]
+    assert len(epoch_lines) == len(hist)
+    assert f"fold 0: keeping the weights of epoch {state['best_epoch']} " in "\n".join(log)
+    if state["stopped_early"]:
+        stop = next(i for i, ln in enumerate(log) if "early stop after epoch" in ln)
+        assert stop > epoch_lines[-1] and f"early stop after epoch {len(hist)} " in log[stop]

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import metrics as M
 from ..errors import ConfigError, DataError
-from ..fold_training import build_model, check_blocksize, fit_one_pass, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
+from ..fold_training import best_epoch, build_model, check_blocksize, fit_one_pass, loss_name, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
 from ..hookspecs import ModelInfo
 from ..outputs import write_json
 from ..results import metric_fn, metrics, plot_fold, write_predictions, write_result_files
@@ -113,6 +113,6 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
     write_result_files(folddir, results)
     idx = parts[shown]
     write_predictions(folddir, run.task, [store.ids[i] for i in idx], [raw[i] for i in idx], outputs[shown], scaler, encoder, split=shown)
-    plot_fold(folddir, trained.history, run.task, y, idx, outputs[shown], scaler, encoder, results[shown], shown)
+    plot_fold(folddir, trained.history, run.task, y, idx, outputs[shown], scaler, encoder, results[shown], shown, title=f"{run.plugin.name} fold {fold.name}: learning curves", loss=loss_name(task, tr.scaling), best_epoch=best_epoch(trained.history))
     run.log.info("fold %s: %s", fold.name, "  ".join(f"{k} {v:.4g}" for k, v in results[shown].items() if isinstance(v, float)))
     return headline

@@ -122,7 +122,7 @@ def execute(run: Any) -> dict:
             progress.advance(1, f"LOO {n_pos / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
         progress.finish()
     elapsed = time.perf_counter() - t0
-    csv_path, pkl_path = write_scores(run, how, rows, explanations, plot_data, classification=ens.task == "classification")
+    csv_path, pkl_path = write_scores(run, how, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional)
     rate = n_pos / max(elapsed, 1e-9)
     run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s)", len(explanations), n_pos, elapsed, rate)
     return {"metrics": {"sequences": len(explanations), "perturbations": n_pos, "positions_per_s": rate}, "lines": [f"scores: {csv_path}", f"shap explanations: {pkl_path}"]}
@@ -137,7 +137,7 @@ def _per_position(positions: np.ndarray, loo: np.ndarray, n: int) -> np.ndarray:
     return np.divide(total, counts, out=np.zeros(n), where=counts > 0)
 
 
-def write_scores(run: Any, how: str, rows: list, explanations: list, plot_data: list, classification: bool):
+def write_scores(run: Any, how: str, rows: list, explanations: list, plot_data: list, classification: bool, positional: bool):
     """``loo_scores_<how>.csv``, the ``.pkl`` of shap explanations and the per-sequence plots."""
     from .. import plots
 
@@ -151,7 +151,8 @@ def write_scores(run: Any, how: str, rows: list, explanations: list, plot_data: 
     write_atomic(pkl_path, lambda fh: pickle.dump(shap_explanations(explanations), fh), mode="wb")
     for sid, texts, per_pos in plot_data:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(sid))
-        plots.importance(texts, per_pos, run.modedir / f"loo_{how}_{safe}.png", title=f"{sid} ({how})")
+        draw = plots.importance if positional else plots.top_features
+        draw(texts, per_pos, run.modedir / f"loo_{how}_{safe}.png", title=f"{sid}: leave-one-out ({how})")
     return csv_path, pkl_path
 
 

@@ -34,7 +34,7 @@ import shutil
 from typing import Any
 
 from ..errors import BiolmError, DataError
-from ..fold_training import build_model, check_blocksize, make_batches, model_meta, train_model, write_trainer_state
+from ..fold_training import best_epoch, build_model, check_blocksize, make_batches, model_meta, train_model, write_trainer_state
 from ..hookspecs import ModelInfo
 from ..outputs import write_json
 from ..pretrain_objective import Objective, evaluate_tokens, perplexity, split_records
@@ -93,7 +93,7 @@ def execute(run: Any) -> dict:
     write_json(folddir / "eval_results.json", eval_results)
     write_json(folddir / "all_results.json", {**train_results, **eval_results})
     if history:
-        plots.learning_curves(history, folddir / "learning_curves.png")
+        plots.learning_curves(history, folddir / "learning_curves.png", title=f"{run.plugin.name} pre-training: learning curves", loss="masked-LM cross-entropy per scored token", best_epoch=best_epoch(history))
     run.log.info("pre-train: eval loss %.5g, perplexity %.5g (%d scored tokens of %d validation records)", eval_loss, eval_results["eval_perplexity"], n_tokens, len(val_idx))
     metrics = {"eval_loss": eval_loss, "eval_perplexity": eval_results["eval_perplexity"], "train_loss": float(last.get("train_loss", float("nan"))), "epochs": len(history)}
     return {"metrics": metrics, "lines": [f"pre-trained weights: {folddir / 'pytorch_model.bin'} (fine-tune starts from them)"]}

@@ -81,6 +81,8 @@ class GenerankTokenizer:
         cannot rank counts).
     """
 
+    positional = False  # a cell is a set of genes (in rank order): plots show the top genes
+
     def __init__(self, core: Any, has_medians: bool = True):
         self.core = core
         self.has_medians = bool(has_medians)
