@@ -185,7 +185,7 @@ def print_summary(r: Run) -> None:
     console = Console(stderr=False)
     metrics: dict[str, Any] = r.summary.get("metrics") or {}
     if metrics:
-        table = Table(title=f"{r.plugin.name} {r.mode}" + (f" ({r.task})" if r.task else ""))
+        table = Table(title=r.summary.get("title") or f"{r.plugin.name} {r.mode}" + (f" ({r.task})" if r.task else ""))
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k, v in metrics.items():

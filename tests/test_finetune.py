@@ -242,3 +242,12 @@ def test_epochs_are_counted_from_one_and_the_kept_epoch_is_named(tmp_path, rna_f
     if state["stopped_early"]:
         stop = next(i for i, ln in enumerate(log) if "early stop after epoch" in ln)
         assert stop > epoch_lines[-1] and f"early stop after epoch {len(hist)} " in log[stop]
+
+
+def test_summary_shows_label_unit_and_scaled_metrics_titled_with_the_split(tmp_path, rna_file):
+    cfg = write_config(tmp_path / "c.yaml", rna_file, tmp_path / "out", settings={"training": {"batchsize": 16, "blocksize": 64, "nepochs": 1, "scaling": "log"}})
+    r = _run("fine-tune", cfg)
+    m = r.summary["metrics"]
+    test = json.loads((r.modedir / "0/test_results.json").read_text())
+    assert m["pearson"] == pytest.approx(test["test_pearson"]) and m["pearson (log-scaled)"] == pytest.approx(test["test_scaled_pearson"])
+    assert r.summary["title"] == "lcl fine-tune: test split"

@@ -40,11 +40,19 @@ def execute(run: Any) -> dict:
     cv = M.summarize_folds(results)
     if is_main():
         write_json(run.modedir / "cv_results.json", {"folds": [f.name for f in folds], "sizes": [f.sizes() for f in folds], "metrics": cv})
-    if len(folds) > 1:
-        shown = {k: v["mean"] for k, v in cv.items() if not k.startswith("scaled_")}
-    else:
-        shown = {k: v for k, v in results[0].items() if isinstance(v, float) and not k.startswith("scaled_")}
-    return {"metrics": shown, "lines": [f"folds: {', '.join(str(run.modedir / f.name) for f in folds)}"]}
+    values = {k: v["mean"] for k, v in cv.items()} if len(folds) > 1 else results[0]
+    split = "test" if all(len(f.test) for f in folds) else "validation"
+    title = f"{run.plugin.name} fine-tune: {split} split" + (f", mean over {len(folds)} folds" if len(folds) > 1 else "")
+    return {"metrics": summary_metrics(values, tr.scaling), "title": title, "lines": [f"folds: {', '.join(str(run.modedir / f.name) for f in folds)}"]}
+
+
+def summary_metrics(values: dict, scaling: str) -> dict:
+    """The figures printed at the end: label-unit metrics, and the same on the scaled labels the
+    model was trained on (labelled with the scaling) when the labels were scaled."""
+    out = {k: v for k, v in values.items() if isinstance(v, float) and not k.startswith("scaled_")}
+    if scaling != "none":
+        out.update({f"{k[len('scaled_'):]} ({scaling}-scaled)": v for k, v in values.items() if k.startswith("scaled_") and isinstance(v, float)})
+    return out
 
 
 def targets(run: Any, raw: list, fold: Any):
