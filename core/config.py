@@ -57,17 +57,30 @@ def coerce(spec: KeySpec, value: Any, source: str | None = None) -> Any:
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config; syntax errors name file, line and column."""
     p = Path(path)
+    if p.is_dir():
+        raise BiolmError(f"{p}: is a folder, expected a YAML config file")
     if not p.is_file():
         raise BiolmError(f"{p}: config file not found")
     try:
-        with open(p, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        with open(p, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise BiolmError(f"{p}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise BiolmError(f"{p}:{line}: not a text YAML file (byte {e.start + 1} is not UTF-8)") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise BiolmError(f"{p}{loc}: invalid YAML: {e.problem}") from None
     except yaml.YAMLError as e:
-        raise BiolmError(f"{p}: invalid YAML: {e}") from None
+        raise BiolmError(f"{p}: invalid YAML: {(str(e).splitlines() or ['?'])[0]}") from None
+    except RecursionError:
+        raise BiolmError(f"{p}: invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -193,12 +206,17 @@ def resolve(
     if mode in SOURCE_FOR_MODE and not cfg.outputpath:
         fp = getattr(cfg, SOURCE_FOR_MODE[mode]).filepath
         if fp:
-            name = Path(fp).name
-            for suffix in (".gz", ".txt", ".tsv", ".csv", ".h5ad"):
-                if name.endswith(suffix):
-                    name = name[: -len(suffix)]
-            cfg.outputpath = str(Path(fp).with_name(name))
+            cfg.outputpath = default_outputpath(fp)
     return cfg
+
+
+def default_outputpath(filepath: str) -> str:
+    """OUTPUTPATH when not set: the data file's path without its extension."""
+    name = Path(filepath).name
+    for suffix in (".gz", ".txt", ".tsv", ".csv", ".h5ad"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return str(Path(filepath).with_name(name))
 
 
 def to_dict(cfg: Config, mode: str | None = None, plugin: PluginConfig | None = None) -> dict:

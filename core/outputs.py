@@ -1,32 +1,104 @@
-"""Atomic writes: a file appears complete or not at all, never half written."""
+"""Atomic writes: a file appears complete or not at all, never half written.
+
+Every output goes through :func:`atomic_path`: the data are written to a temporary file
+``.<name>.tmp-<pid>-<random>`` next to the target and renamed over it. A failure (disk full,
+KeyboardInterrupt, an exception in the writer) removes the temporary and leaves an existing target
+as it was; a full disk is reported as :class:`~biolm.core.errors.NoSpaceError` naming the target.
+A process killed outright (``kill -9``) cannot clean up: its temporaries carry its pid, and
+:func:`remove_stale_temporaries` deletes those of dead processes at the next run.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from .errors import BiolmError, NoSpaceError, as_user_error
+
+# ".<name>.tmp-<pid>-<random>" (atomic_path) and "<name>.tmp-<pid>" (stores of earlier versions)
+_TEMPORARY = re.compile(r"^(?:\..+\.tmp-(\d+)-[A-Za-z0-9_]+|.+\.tmp-(\d+))$")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on any
-    failure (KeyboardInterrupt included) it is removed and an existing ``path`` is untouched."""
+    failure (KeyboardInterrupt included) it is removed and an existing ``path`` is untouched.
+
+    A full disk or quota while writing raises :class:`~biolm.core.errors.NoSpaceError` naming
+    ``path``; other environment failures (permission denied, read-only file system) a
+    :class:`~biolm.core.errors.BiolmError` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix="", dir=path.parent)
+    except OSError as exc:
+        raise _located(exc, path) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        if isinstance(exc, BiolmError) and not isinstance(exc, NoSpaceError):
+            raise
+        translated = _located(exc, path)
+        if translated is exc:
+            raise
+        raise translated from None
+
+
+def _located(exc: BaseException, path: Path) -> BaseException:
+    """``exc`` as a user error naming ``path`` when the environment is at fault, else ``exc``."""
+    err = as_user_error(exc)
+    if isinstance(err, NoSpaceError):
+        return NoSpaceError(str(path))
+    if err is not None and isinstance(exc, OSError):
+        return BiolmError(f"cannot write {path}: {exc.strerror or err}")
+    return exc
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False, log: Callable[[str], None] | None = None) -> int:
+    """Delete the temporaries of :func:`atomic_path` left in ``folder`` by processes that no
+    longer run (a ``kill -9`` during a write); returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in folder.rglob("*") if recursive else folder.iterdir():
+        m = _TEMPORARY.match(p.name)
+        if not m or not p.is_file():
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except OSError:
+            continue
+        removed += 1
+        if log:
+            log(f"removed {p} ({size / 2**20:.1f} MiB) left by an interrupted run (pid {pid})")
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def write_atomic(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "w") -> Path:
@@ -71,3 +143,12 @@ def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
     return write_atomic(path, lambda fh: torch.save(obj, fh), mode="wb")
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` atomically."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)

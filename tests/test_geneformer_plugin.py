@@ -104,7 +104,7 @@ def regression(pipe):
     cli = {
         "outputpath": str(tmp / "reg"),
         "finetuning_source.labelcolumn": "marker_score",
-        "inference_model.pretrainedmodel": str(pipe["pretrain"].modedir),
+        "settings.training.pretrainedweights": str(pipe["pretrain"].modedir),
         "settings.training.nepochs": 5,
         "settings.training.scaling": "standard",
     }
@@ -219,7 +219,7 @@ def test_finetune_starts_from_pretrained_weights(pipe):
 
 
 def test_finetune_with_zero_lr_keeps_the_pretrained_encoder(pipe, tmp_path):
-    cli = {"outputpath": str(tmp_path), "inference_model.pretrainedmodel": str(pipe["pretrain"].modedir), "settings.training.nepochs": 1, "settings.training.lr": 0.0}
+    cli = {"outputpath": str(tmp_path), "settings.training.pretrainedweights": str(pipe["pretrain"].modedir), "settings.training.nepochs": 1, "settings.training.lr": 0.0}
     r = run("geneformer", "fine-tune", task="classification", configfile=pipe["cfg"], quiet=True, cli_values=cli)
     pre = torch.load(pipe["pretrain"].modedir / "pytorch_model.bin", weights_only=True)
     fine = torch.load(r.modedir / "0/pytorch_model.bin", weights_only=True)
