@@ -323,9 +323,17 @@ class AtomicTokenizer:
             raise BiolmError(f"{source}: not an atomic tokenizer (encoding {got!r})")
         try:
             opts = d.get("options") or {}
+            if not isinstance(d["vocab"], list):
+                raise BiolmError(f"{source}: key 'vocab': expected a list of tokens, got {type(d['vocab']).__name__}")
+            if not isinstance(opts, dict):
+                raise BiolmError(f"{source}: key 'options': expected an object, got {opts!r}")
             tok = cls(d["vocab"], d["n_modifiers"], tokensep=opts.get("tokensep"), specifiersep=opts.get("specifiersep"))
         except KeyError as e:
             raise BiolmError(f"{source}: missing key {e.args[0]!r}") from None
+        except BiolmError as e:
+            if str(e).startswith(source):
+                raise
+            raise BiolmError(f"{source}: {e}") from None
         if "channels" in d and d["channels"] != tok.channels:
             raise BiolmError(f"{source}: channel layout does not match vocabulary and n_modifiers")
         return tok

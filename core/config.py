@@ -54,6 +54,23 @@ def coerce(spec: KeySpec, value: Any, source: str | None = None) -> Any:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last: a second ``labelpos:`` further down would win unnoticed)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one section (first on line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config; syntax errors name file, line and column."""
     p = Path(path)
@@ -72,7 +89,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
         line = raw[: e.start].count(b"\n") + 1
         raise BiolmError(f"{p}:{line}: not a text YAML file (byte {e.start + 1} is not UTF-8)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -142,6 +159,11 @@ def parse_yaml_values(data: dict, specs: list[KeySpec], source: str) -> list[tup
     settings_keys = {k: v for k, v in settings_keys.items() if counts[k] == 1}
     found: list = []
     _walk(data, tree.root, (), found, source, settings_keys)
+    seen: dict = {}
+    for spec, _ in found:
+        if spec.path in seen:
+            raise ConfigError(spec.dotted, "given twice (under two names or in two sections); keep one", source)
+        seen[spec.path] = spec
     return found
 
 

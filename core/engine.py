@@ -111,12 +111,23 @@ class Checkpointer:
     def on_epoch_end(self, state: TrainState) -> None:
         import shutil
 
-        from .distributed import is_main, unwrap
+        from .distributed import is_main
 
         if not is_main():
             return
         d = state.folddir / f"checkpoint-{state.epoch}"
         shutil.rmtree(d, ignore_errors=True)  # never a new checkpoint's files beside an old state.json
+        try:
+            self._write(d, state)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)  # a full disk: no half checkpoint either
+            raise
+        for _, p in completed_checkpoints(state.folddir)[: -self.keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def _write(self, d: Path, state: TrainState) -> None:
+        from .distributed import unwrap
+
         d.mkdir(parents=True, exist_ok=True)
         save_torch(d / "model.pt", {k: v.detach().cpu() for k, v in unwrap(state.model).state_dict().items()})
         save_torch(d / "optimizer.pt", state.optimizer.state_dict())
@@ -139,8 +150,6 @@ class Checkpointer:
                 "fingerprint": self.fingerprint,
             },
         )
-        for _, p in completed_checkpoints(state.folddir)[: -self.keep]:
-            shutil.rmtree(p, ignore_errors=True)
 
 
 class EpochLog:

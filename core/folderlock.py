@@ -69,8 +69,11 @@ class FolderLock:
                 continue
             self.previous = _read(fd) or None
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _dt.datetime.now().isoformat(timespec="seconds"), "command": self.command}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+            except OSError:  # a full disk: the lock holds all the same, only unnamed
+                pass
             self._fd = fd
             return self
         raise BiolmError(f"{self.path}: could not take the lock (other runs keep replacing it)")

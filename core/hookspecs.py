@@ -159,9 +159,12 @@ class ModelSpec:
         (e.g. learned motifs).
     embed : ``embed(model, input) -> (B, D)`` per-sample embeddings (``predict`` with
         ``saveembeddings``).
-    load_pretrained : ``load_pretrained(model, path) -> report`` loads pre-trained weights
-        (``fine-tune`` after ``pre-train``, or from ``inference model: pretrainedmodel``); the
-        report (a string or a dict of name -> list) is logged.
+    load_pretrained : ``load_pretrained(model, path) -> report`` loads pre-trained weights when
+        ``fine-tune`` starts (from ``settings: training: pretrainedweights``, else from
+        ``OUTPUTPATH/pre-train`` when it holds weights; never from predict's ``inference model:
+        pretrainedmodel``); the report (a string or a dict of name -> list) is logged. A
+        published checkpoint named by a plugin's own ``model:`` key is the plugin's to load in
+        ``build``.
     penalty : ``penalty(model) -> scalar tensor`` added to the training loss (e.g. L1/L2 on
         kernels).
     architecture : ``architecture(model) -> dict`` saved in a trained model's ``config.json``

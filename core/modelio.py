@@ -135,7 +135,7 @@ def _model_section(plugin: Any, values: dict, source: str) -> Any:
     from .config import UNSET, coerce
     from .schema import iter_keys
 
-    specs = {s.key: s for s in iter_keys(plugin.model_schema)}
+    specs = {s.key: s for s in iter_keys(plugin.model_schema, ("model",), ("model",))}
     kwargs = {}
     for key, value in values.items():
         spec = specs.get(key)

@@ -43,16 +43,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
+        # some writers report a full disk without its errno (torch: "unexpected pos"): look at
+        # the disk while the failed temporary still fills it
+        full = isinstance(exc, Exception) and not isinstance(exc, BiolmError) and _nearly_full(path.parent)
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if full:
+            raise NoSpaceError(str(path)) from None
         if isinstance(exc, BiolmError) and not isinstance(exc, NoSpaceError):
             raise
         translated = _located(exc, path)
         if translated is exc:
             raise
         raise translated from None
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB left for this user on the file system of ``folder``."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 def _located(exc: BaseException, path: Path) -> BaseException:

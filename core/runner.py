@@ -54,10 +54,10 @@ class Run:
         self.lock = FolderLock(self.modedir).acquire(warn=self.log.warning)
         if self.lock.stale_message():
             self.log.warning(self.lock.stale_message())
-        if finish_publication(self.modedir):
-            self.log.warning("completed the publication of results an interrupted run had begun in %s", self.modedir)
         remove_stale_temporaries(self.modedir, recursive=True, log=self.log.warning)
         remove_stale_temporaries(self.outdir, log=self.log.warning)
+        if finish_publication(self.modedir):
+            self.log.warning("completed the publication of results an interrupted run had begun in %s", self.modedir)
         write_text(self.modedir / "config.yaml", dump_resolved(self.cfg, self.mode, self.plugin, self.task, self.versions()))
         self.log.debug("resolved config written to %s", self.modedir / "config.yaml")
 
@@ -155,7 +155,10 @@ def output_folder(cfg: Config, mode: str) -> tuple[Path, Path]:
     if not cfg.outputpath:
         raise ConfigError("outputpath", "not set and no data file to derive it from")
     outdir = Path(cfg.outputpath)
-    modedir = outdir / mode_dirname(mode, cfg)
+    name = mode_dirname(mode, cfg)
+    if not _folder_name(name):
+        raise ConfigError("inference model.outputdir", f"a folder name under outputpath (no path), got {name!r}")
+    modedir = outdir / name
     for p in (outdir, *outdir.parents):
         if p.exists():
             if not p.is_dir():
@@ -279,7 +282,12 @@ def _guess_modedir(mode: str, configfile: str | Path | None, cli: dict) -> Path 
     if not (isinstance(out, str) and out):
         return None
     sub = raw("inference model", "outputdir", "inference_model.outputdir") if mode in ("predict", "interpret") else None
-    return Path(out) / (sub or mode)
+    return Path(out) / (sub if sub and _folder_name(sub) else mode)
+
+
+def _folder_name(name: str) -> bool:
+    """A plain folder name: no path, not ``.`` or ``..``."""
+    return Path(name).name == name and name not in (".", "..")
 
 
 def fallback_logdir() -> Path:

@@ -25,7 +25,9 @@ What happens:
   ``learning_curves.png``.
 
 ``fine-tune`` then starts from ``OUTPUTPATH/pre-train`` (through the plugin's ``ModelSpec.load_pretrained``)
-unless ``fromscratch`` is set or ``inference model: pretrainedmodel`` names other weights.
+unless ``fromscratch`` is set or ``settings: training: pretrainedweights`` names other weights.
+The results are published together (:mod:`biolm.core.publish`); the checkpoints stay in the
+mode folder for ``resume``.
 """
 
 from __future__ import annotations
