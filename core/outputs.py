@@ -166,3 +166,93 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike) -> Iterator[tuple[Any, "GuardedFile"]]:
+    """``(h5py.File, its GuardedFile)`` written atomically to ``path``: a full disk is a
+    :class:`~biolm.core.errors.NoSpaceError` naming ``path``, never a crashed interpreter; a long
+    writer may stop early once ``guard.error`` is set."""
+    import h5py
+
+    with atomic_path(path) as tmp, GuardedFile(tmp) as fh:
+        f = h5py.File(fh, "w")
+        try:
+            yield f, fh
+        except BaseException:
+            close_quietly(f)
+            raise
+        f.close()
+
+
+class GuardedFile:
+    """A file for HDF5 to write through (``h5py.File(GuardedFile(tmp), "w")``).
+
+    HDF5 does not survive a failed write (a full disk: its objects can no longer be freed, and
+    the interpreter crashes on exit), so after the first failure this file accepts and drops
+    every further write — HDF5 finishes and closes cleanly — and :meth:`raise_error` (also
+    called on leaving the ``with`` block) reports the failure; ``error`` tells a long writer to
+    stop early. Use it inside :func:`atomic_path`, which removes the file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.fh = open(path, "w+b")
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return self.fh.write(data)
+            except OSError as e:
+                self.error = e
+        return len(memoryview(data))
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.fh.flush()
+            except OSError as e:
+                self.error = e
+
+    def read(self, n: int = -1) -> bytes:
+        return self.fh.read(n)
+
+    def readinto(self, buf) -> int:
+        return self.fh.readinto(buf)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.fh.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.fh.truncate(size)
+            except OSError as e:
+                self.error = e
+        return self.fh.tell() if size is None else size
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "GuardedFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+        try:
+            self.fh.close()
+        except OSError as e:
+            self.error = self.error or e
+        if exc[0] is None:
+            self.raise_error()
+
+
+def close_quietly(f) -> None:
+    """Close a file being written after an error, without replacing that error."""
+    try:
+        f.close()
+    except Exception:
+        pass

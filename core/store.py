@@ -237,111 +237,32 @@ def build_store(path: str | os.PathLike, records: Iterable[EncodedRecord], meta:
 
     Parameters
     ----------
-    path : destination; written through :func:`~biolm.core.outputs.atomic_path` (a temporary
-        file renamed on success). On any failure (a full disk, KeyboardInterrupt) the temporary
-        file is removed and an existing ``path`` is left untouched.
+    path : destination; written through :func:`~biolm.core.outputs.atomic_hdf5` (a temporary
+        file renamed on success). On any failure (a full disk: :class:`NoSpaceError`,
+        KeyboardInterrupt) the temporary file is removed and an existing ``path`` is untouched.
     records : the encoded records, streamed once.
     meta : JSON-able dict saved in the ``meta`` group; its ``source_hash`` (a str or
         :class:`SourceHash`) is what :func:`open_or_build` compares.
     n_modifiers : m, the modifier channel count (every record's ``mods`` is (n, m)).
     """
-    from .outputs import atomic_path
+    from .outputs import atomic_hdf5
 
-    h5py = _h5py()
-    with atomic_path(path) as tmp, _GuardedFile(tmp) as fh:
-        f = h5py.File(fh, "w")
-        try:
-            g = f.create_group("meta")
-            g.attrs["format_version"] = STORE_FORMAT
-            sh = meta.get("source_hash", "")
-            g.attrs["source_hash"] = str(sh)
-            g.attrs["source_hash_parts"] = _canonical(getattr(sh, "parts", {}))
-            g.attrs["meta"] = _canonical(meta)
-            g.attrs["n_modifiers"] = int(n_modifiers)
-            w = _Writer(f, int(n_modifiers))
-            for r in records:
-                w.add(r)
-                if fh.error is not None:
-                    break
-            w.flush()
-            g.attrs["n_records"] = w.n
-            g.attrs["n_tokens"] = w.t
-        except BaseException:
-            _close_quietly(f)
-            raise
-        f.close()
-        fh.raise_error()
-
-
-class _GuardedFile:
-    """The file HDF5 writes a store through. HDF5 does not survive a failed write (a full disk:
-    its objects can no longer be freed, and the interpreter crashes on exit), so after the first
-    failure this file accepts and drops every further write — HDF5 finishes and closes cleanly —
-    and :meth:`raise_error` then reports the failure; the caller deletes the file."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.fh = open(path, "w+b")
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        if self.error is None:
-            try:
-                return self.fh.write(data)
-            except OSError as e:
-                self.error = e
-        return len(memoryview(data))
-
-    def flush(self) -> None:
-        if self.error is None:
-            try:
-                self.fh.flush()
-            except OSError as e:
-                self.error = e
-
-    def read(self, n: int = -1) -> bytes:
-        return self.fh.read(n)
-
-    def readinto(self, buf) -> int:
-        return self.fh.readinto(buf)
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self.fh.seek(pos, whence)
-
-    def tell(self) -> int:
-        return self.fh.tell()
-
-    def truncate(self, size: int | None = None) -> int:
-        if self.error is None:
-            try:
-                return self.fh.truncate(size)
-            except OSError as e:
-                self.error = e
-        return self.fh.tell() if size is None else size
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def __enter__(self) -> "_GuardedFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.flush()
-        try:
-            self.fh.close()
-        except OSError as e:
-            self.error = self.error or e
-        if exc[0] is None:
-            self.raise_error()
-
-
-def _close_quietly(f) -> None:
-    """Close an HDF5 file being written; after a failed write (a full disk) closing fails too
-    and must not replace the first error, nor leave the handle for the interpreter to close."""
-    try:
-        f.close()
-    except Exception:
-        pass
+    with atomic_hdf5(path) as (f, guard):
+        g = f.create_group("meta")
+        g.attrs["format_version"] = STORE_FORMAT
+        sh = meta.get("source_hash", "")
+        g.attrs["source_hash"] = str(sh)
+        g.attrs["source_hash_parts"] = _canonical(getattr(sh, "parts", {}))
+        g.attrs["meta"] = _canonical(meta)
+        g.attrs["n_modifiers"] = int(n_modifiers)
+        w = _Writer(f, int(n_modifiers))
+        for r in records:
+            w.add(r)
+            if guard.error is not None:  # the disk is full: the rest would be dropped anyway
+                break
+        w.flush()
+        g.attrs["n_records"] = w.n
+        g.attrs["n_tokens"] = w.t
 
 
 class Store:

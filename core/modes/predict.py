@@ -60,7 +60,7 @@ def save_embeddings(run: Any, ens: Any, batches: Any, idx: np.ndarray, ids: list
     import h5py
     import torch
 
-    from ..outputs import atomic_path
+    from ..outputs import atomic_hdf5
 
     embed = run.model_spec.embed
     if embed is None:
@@ -76,7 +76,7 @@ def save_embeddings(run: Any, ens: Any, batches: Any, idx: np.ndarray, ids: list
                 if f.path.name not in arrays:
                     arrays[f.path.name] = np.zeros((len(idx), e.shape[-1]), dtype=np.float32)
                 arrays[f.path.name][rows] = e
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(path) as (f, _):
         f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
         for name, arr in arrays.items():
             f.create_dataset(f"fold_{name}", data=arr, compression="gzip")
