@@ -44,8 +44,12 @@ class FolderLock:
 
         ``warn(msg)`` receives one line when the file system cannot lock (the run goes on
         unprotected)."""
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            if warn:
+                warn(f"cannot lock {self.path} on this system: a second run into {self.folder} would not be detected")
+            return self
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

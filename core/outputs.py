@@ -79,13 +79,19 @@ def _located(exc: BaseException, path: Path) -> BaseException:
     return exc
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False, log: Callable[[str], None] | None = None) -> int:
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False, log: Callable[[str], None] | None = None, min_age: float = 0.0) -> int:
     """Delete the temporaries of :func:`atomic_path` left in ``folder`` by processes that no
-    longer run (a ``kill -9`` during a write); returns how many were removed."""
+    longer run (a ``kill -9`` during a write); returns how many were removed.
+
+    ``min_age`` (seconds since the last write) spares the temporaries of runs on other machines
+    sharing the folder, whose pids mean nothing here (a folder no lock covers)."""
+    import time
+
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
+    now = time.time()
     for p in folder.rglob("*") if recursive else folder.iterdir():
         m = _TEMPORARY.match(p.name)
         if not m or not p.is_file():
@@ -94,7 +100,10 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False,
         if pid == os.getpid() or pid_alive(pid):
             continue
         try:
-            size = p.stat().st_size
+            st = p.stat()
+            if now - st.st_mtime < min_age:
+                continue
+            size = st.st_size
             p.unlink()
         except OSError:
             continue

@@ -55,7 +55,7 @@ class Run:
         if self.lock.stale_message():
             self.log.warning(self.lock.stale_message())
         remove_stale_temporaries(self.modedir, recursive=True, log=self.log.warning)
-        remove_stale_temporaries(self.outdir, log=self.log.warning)
+        remove_stale_temporaries(self.outdir, log=self.log.warning, min_age=3600)  # shared by every mode's runs
         if finish_publication(self.modedir):
             self.log.warning("completed the publication of results an interrupted run had begun in %s", self.modedir)
         write_text(self.modedir / "config.yaml", dump_resolved(self.cfg, self.mode, self.plugin, self.task, self.versions()))

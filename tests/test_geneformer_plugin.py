@@ -232,6 +232,23 @@ def test_finetune_with_zero_lr_keeps_the_pretrained_encoder(pipe, tmp_path):
     assert not torch.equal(scratch["bert.embeddings.word_embeddings.weight"], pre["bert.embeddings.word_embeddings.weight"])
 
 
+def test_fine_tune_reads_only_its_own_keys_from_a_combined_yaml(pipe, tmp_path):
+    """One YAML for every mode: predict's ``inference model: pretrainedmodel`` (here a CV parent
+    of fine-tuned models) is not fine-tune's starting point; its own key is pretrainedweights."""
+    from conftest import cli
+
+    combined = yaml.safe_load(pipe["cfg"].read_text())
+    combined["inference model"] = {"pretrainedmodel": str(pipe["finetune"].modedir)}
+    combined["outputpath"] = str(tmp_path / "out")
+    cfg = tmp_path / "combined.yaml"
+    cfg.write_text(yaml.safe_dump(combined))
+    r = cli("--quiet", "geneformer", "fine-tune", "--task", "classification", "-c", cfg, "--nepochs", "1")
+    assert r.code == 0, r.err
+    assert "pre-trained weights" not in next((tmp_path / "out/fine-tune/logs").glob("*.log")).read_text()
+    r = cli("--quiet", "geneformer", "fine-tune", "--task", "classification", "-c", cfg, "--nepochs", "1", "--pretrainedweights", pipe["finetune"].modedir / "0")
+    r.one_error("settings.training.pretrainedweights", "holds a classification model, not pre-trained weights")
+
+
 def test_cell_types_are_classified_well_above_baselines(pipe):
     fold = pipe["finetune"].modedir / "0"
     res = json.loads((fold / "test_results.json").read_text())
