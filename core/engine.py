@@ -242,7 +242,7 @@ def resume_training(state: TrainState, fingerprint: dict | None) -> bool:
     log, fold = state.log, state.fold
     done = completed_checkpoints(state.folddir)
     if not done:
-        log.info("fold %s: resume asked, but no checkpoint in %s: starting fresh", fold, state.folddir)
+        log.info("%s: resume asked, but no checkpoint in %s: starting fresh", _what(fold), state.folddir)
         return False
     try:
         newest = read_json(done[-1][1] / "state.json")
@@ -250,7 +250,7 @@ def resume_training(state: TrainState, fingerprint: dict | None) -> bool:
         newest = {}
     changed = fingerprint_changes(newest.get("fingerprint"), fingerprint)
     if changed:
-        log.warning("fold %s: not resuming from %s: it was made with other %s; starting fresh", fold, done[-1][1].name, changed)
+        log.warning("%s: not resuming from %s: it was made with other %s; starting fresh", _what(fold), done[-1][1].name, changed)
         return False
     initial = _snapshot(state)
     for k, (epoch, path) in enumerate(reversed(done)):
@@ -259,9 +259,9 @@ def resume_training(state: TrainState, fingerprint: dict | None) -> bool:
         except Exception as exc:  # noqa: BLE001 - any damage means: not this checkpoint
             _restore_snapshot(state, initial)
             more = "; trying the one before" if k + 1 < len(done) else "; starting fresh"
-            log.warning("fold %s: %s is unusable (%s: %s)%s", fold, path.name, type(exc).__name__, (str(exc).strip().splitlines() or [""])[0][:200], more)
+            log.warning("%s: %s is unusable (%s: %s)%s", _what(fold), path.name, type(exc).__name__, (str(exc).strip().splitlines() or [""])[0][:200], more)
             continue
-        log.info("fold %s: resumed from %s (epoch %d done)", fold, path.name, epoch + 1)
+        log.info("%s: resumed from %s (epoch %d done)", _what(fold), path.name, epoch + 1)
         return True
     return False
 
@@ -438,7 +438,7 @@ def train(
     state = TrainState(plugin, fold, folddir, model, optimizer, nepochs, log=log)
     resumed = resume and resume_training(state, fingerprint)
     if not resumed and is_main() and clear_checkpoints(folddir):
-        log.info("fold %s: removed the checkpoints of an earlier run from %s", fold, folddir)
+        log.info("%s: removed the checkpoints of an earlier run from %s", _what(fold), folddir)
     internal = [EarlyStopping(patience), Checkpointer(fingerprint), EpochLog()]
     if is_main():
         try:

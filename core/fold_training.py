@@ -171,8 +171,10 @@ def fingerprint(run: Any, store: Any, info: ModelInfo, train_idx: np.ndarray, va
         return h.hexdigest()[:16]
 
     model_section = dataclasses.asdict(cfg.model) if cfg.model is not None and dataclasses.is_dataclass(cfg.model) else {}
-    training = {k: getattr(tr, k) for k in ("lr", "weightdecay", "optimizer", "beta1", "beta2", "gradacc", "clipnorm", "batchsize", "mlmprobability")}
+    training = {k: getattr(tr, k) for k in ("lr", "weightdecay", "optimizer", "beta1", "beta2", "gradacc", "clipnorm", "batchsize")}
     training.update(seed=cfg.seed, precision=env.precision, processes=world()[1])
+    if info.task == "pre-train":
+        training["mlmprobability"] = tr.mlmprobability
     return {
         "data": str(store.meta["source_hash"]),
         "split": digest(np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)),
