@@ -33,17 +33,29 @@ def _fail(exc: BaseException) -> None:
     """One readable line on stderr (exit 2 for user errors, 1 otherwise); a traceback only with --debug."""
     import traceback
 
+    from biolm.core.errors import as_user_error
+
     if isinstance(exc, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
+    if isinstance(exc, SystemExit):  # the exit code of a relaunched distributed run
+        raise typer.Exit(exc.code if isinstance(exc.code, int) else 1)
     if _state["debug"]:
         traceback.print_exception(exc)
-    if isinstance(exc, BiolmError):
-        typer.echo(f"error: {exc}", err=True)
+    user = as_user_error(exc)
+    if user is not None:
+        typer.echo(f"error: {_one_line(str(user))}", err=True)
         raise typer.Exit(2)
-    hint = "" if _state["debug"] else " (run with --debug for the traceback)"
-    typer.echo(f"unexpected error: {type(exc).__name__}: {exc}{hint}", err=True)
+    log = getattr(exc, "biolm_log", None)
+    where = f"the traceback is in {log}" if log else "the traceback"
+    hint = "" if _state["debug"] else f" ({where}; --debug shows it here)"
+    typer.echo(f"unexpected error: {type(exc).__name__}: {_one_line(str(exc))}{hint}", err=True)
     raise typer.Exit(1)
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
 
 
 def _default_text(spec) -> str | None:

@@ -323,9 +323,17 @@ class AtomicTokenizer:
             raise BiolmError(f"{source}: not an atomic tokenizer (encoding {got!r})")
         try:
             opts = d.get("options") or {}
+            if not isinstance(d["vocab"], list):
+                raise BiolmError(f"{source}: key 'vocab': expected a list of tokens, got {type(d['vocab']).__name__}")
+            if not isinstance(opts, dict):
+                raise BiolmError(f"{source}: key 'options': expected an object, got {opts!r}")
             tok = cls(d["vocab"], d["n_modifiers"], tokensep=opts.get("tokensep"), specifiersep=opts.get("specifiersep"))
         except KeyError as e:
             raise BiolmError(f"{source}: missing key {e.args[0]!r}") from None
+        except BiolmError as e:
+            if str(e).startswith(source):
+                raise
+            raise BiolmError(f"{source}: {e}") from None
         if "channels" in d and d["channels"] != tok.channels:
             raise BiolmError(f"{source}: channel layout does not match vocabulary and n_modifiers")
         return tok
@@ -339,17 +347,9 @@ class AtomicTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (temporary file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, indent=2, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from .outputs import write_text
+
+        write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AtomicTokenizer:
@@ -476,11 +476,13 @@ def encode_records(
     blocksize: int | None = None,
     lefttailing: bool = True,
     centertoken: str | None = None,
+    cut: Counter | None = None,
 ) -> Iterator[EncodedRecord]:
     """Encode and window records for :func:`~biolm.core.store.build_store`.
 
     Records whose ``centertoken`` is absent fall back to ``lefttailing``. Unknown tokens are
-    counted in ``tokenizer.unknown_counts``.
+    counted in ``tokenizer.unknown_counts``; over-long records in ``cut`` (``"cut"``, and
+    ``"no_center"`` for those cut by ``lefttailing`` because ``centertoken`` does not occur).
 
     Yields
     ------
@@ -492,8 +494,12 @@ def encode_records(
         ids, mods = tokenizer.encode(rec)
         n = len(ids)
         center = None
+        if blocksize is not None and n > blocksize and cut is not None:
+            cut["cut"] += 1
         if centertoken and blocksize is not None and n > blocksize:
             center = find_center(rec.tokens, centertoken)
+            if center is None and cut is not None:
+                cut["no_center"] += 1
         start, end = window(n, blocksize, lefttailing, center)
         if end - start != n:
             ids, mods = ids[start:end], mods[start:end]
@@ -527,8 +533,12 @@ def encode(tok: AtomicTokenizer, source, encoding: Encoding, log, label_kind: st
 
     def records() -> Iterator[EncodedRecord]:
         stats = ReadStats()
-        yield from encode_records(read_records(opts, stats), tok, encoding.blocksize, encoding.lefttailing, encoding.centertoken)
+        cut: Counter = Counter()
+        yield from encode_records(read_records(opts, stats), tok, encoding.blocksize, encoding.lefttailing, encoding.centertoken, cut)
         log_skipped(stats, log, source.filepath)
+        if cut["no_center"]:
+            end = "right" if encoding.lefttailing else "left"
+            log.warning("%s: centertoken %r occurs in %d of the %d records longer than blocksize %d; the other %d were cut by lefttailing (their %s end kept)", source.filepath, encoding.centertoken, cut["cut"] - cut["no_center"], cut["cut"], encoding.blocksize, cut["no_center"], end)
         if tok.unknown_counts:
             common = ", ".join(f"{t!r} x{c}" for t, c in tok.unknown_counts.most_common(10))
             log.warning("%s: %d unknown token(s) encoded as all-zero: %s", source.filepath, sum(tok.unknown_counts.values()), common)

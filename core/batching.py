@@ -7,6 +7,7 @@ through the tokenizer spec's ``make_input``, with targets and weights alongside.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -145,3 +146,45 @@ class Batches:
             y = self.y[idx].to(self.device) if self.y is not None else None
             w = self.w[idx].to(self.device) if self.w is not None else torch.ones(len(idx), device=self.device)
             yield idx, inp, y, w
+
+
+def check_batch_memory(make_input: Callable[[dict], dict], n_modifiers: int, batchsize: int, blocksize: int, device: torch.device, key: str = "settings.training.batchsize") -> None:
+    """Refuse a batch whose input alone would take more than half the memory available.
+
+    The bytes per token are measured on a probe batch of 16 tokens through the plugin's own
+    ``make_input`` (a one-hot input costs vocabulary x 4 bytes, token ids 8) and scaled to
+    ``batchsize x blocksize``; a :class:`~biolm.core.errors.ConfigError` names both numbers
+    before anything large is allocated (a MemoryError halfway through a run says much less)."""
+    from .errors import ConfigError
+
+    n = min(blocksize, 16)
+    probe = {"ids": torch.full((1, n), -1, dtype=torch.long), "mods": torch.zeros((1, n, n_modifiers)), "lengths": torch.tensor([n]), "index": torch.zeros(1, dtype=torch.long)}
+    try:
+        inp = make_input(probe)
+    except Exception:  # noqa: BLE001 - a make_input that cannot take a probe: no estimate
+        return
+    per_token = sum(t.numel() * t.element_size() for t in inp.values() if torch.is_tensor(t)) / n + 8 + 4 * n_modifiers
+    need = per_token * batchsize * blocksize
+    free = available_memory(device)
+    if free and need > free / 2:
+        raise ConfigError(key, f"a batch of {batchsize} x {blocksize} tokens needs about {need / 2**30:.1f} GiB for its input alone, more than half of the {free / 2**30:.1f} GiB available on {device.type}; lower batchsize or blocksize")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (CUDA: free device memory; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # noqa: BLE001
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -54,20 +54,50 @@ def coerce(spec: KeySpec, value: Any, source: str | None = None) -> Any:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last: a second ``labelpos:`` further down would win unnoticed)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one section (first on line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config; syntax errors name file, line and column."""
     p = Path(path)
+    if p.is_dir():
+        raise BiolmError(f"{p}: is a folder, expected a YAML config file")
     if not p.is_file():
         raise BiolmError(f"{p}: config file not found")
     try:
-        with open(p, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        with open(p, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise BiolmError(f"{p}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise BiolmError(f"{p}:{line}: not a text YAML file (byte {e.start + 1} is not UTF-8)") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise BiolmError(f"{p}{loc}: invalid YAML: {e.problem}") from None
     except yaml.YAMLError as e:
-        raise BiolmError(f"{p}: invalid YAML: {e}") from None
+        raise BiolmError(f"{p}: invalid YAML: {(str(e).splitlines() or ['?'])[0]}") from None
+    except RecursionError:
+        raise BiolmError(f"{p}: invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -129,6 +159,11 @@ def parse_yaml_values(data: dict, specs: list[KeySpec], source: str) -> list[tup
     settings_keys = {k: v for k, v in settings_keys.items() if counts[k] == 1}
     found: list = []
     _walk(data, tree.root, (), found, source, settings_keys)
+    seen: dict = {}
+    for spec, _ in found:
+        if spec.path in seen:
+            raise ConfigError(spec.dotted, "given twice (under two names or in two sections); keep one", source)
+        seen[spec.path] = spec
     return found
 
 
@@ -193,12 +228,17 @@ def resolve(
     if mode in SOURCE_FOR_MODE and not cfg.outputpath:
         fp = getattr(cfg, SOURCE_FOR_MODE[mode]).filepath
         if fp:
-            name = Path(fp).name
-            for suffix in (".gz", ".txt", ".tsv", ".csv", ".h5ad"):
-                if name.endswith(suffix):
-                    name = name[: -len(suffix)]
-            cfg.outputpath = str(Path(fp).with_name(name))
+            cfg.outputpath = default_outputpath(fp)
     return cfg
+
+
+def default_outputpath(filepath: str) -> str:
+    """OUTPUTPATH when not set: the data file's path without its extension."""
+    name = Path(filepath).name
+    for suffix in (".gz", ".txt", ".tsv", ".csv", ".h5ad"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return str(Path(filepath).with_name(name))
 
 
 def to_dict(cfg: Config, mode: str | None = None, plugin: PluginConfig | None = None) -> dict:

@@ -96,17 +96,38 @@ class EarlyStopping:
 
 
 class Checkpointer:
-    """``checkpoint-<epoch>/`` after every epoch: model, optimizer, RNG and loop state, for ``resume``."""
+    """``checkpoint-<epoch>/`` after every epoch: model, optimizer, RNG and loop state, for ``resume``.
+
+    ``state.json`` (written last: a checkpoint without it is incomplete and ignored) records the
+    run's ``fingerprint`` (:func:`biolm.core.fold_training.fingerprint`), so that ``resume``
+    continues only a run made with the same data, splits, model and training options."""
 
     keep = 2
 
+    def __init__(self, fingerprint: dict | None = None):
+        self.fingerprint = fingerprint
+
     @hookimpl(trylast=True)
     def on_epoch_end(self, state: TrainState) -> None:
-        from .distributed import is_main, unwrap
+        import shutil
+
+        from .distributed import is_main
 
         if not is_main():
             return
         d = state.folddir / f"checkpoint-{state.epoch}"
+        shutil.rmtree(d, ignore_errors=True)  # never a new checkpoint's files beside an old state.json
+        try:
+            self._write(d, state)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)  # a full disk: no half checkpoint either
+            raise
+        for _, p in completed_checkpoints(state.folddir)[: -self.keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def _write(self, d: Path, state: TrainState) -> None:
+        from .distributed import unwrap
+
         d.mkdir(parents=True, exist_ok=True)
         save_torch(d / "model.pt", {k: v.detach().cpu() for k, v in unwrap(state.model).state_dict().items()})
         save_torch(d / "optimizer.pt", state.optimizer.state_dict())
@@ -115,7 +136,6 @@ class Checkpointer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         save_torch(d / "rng.pt", rng)
-        # written last: a checkpoint without state.json is incomplete and ignored on resume
         write_json(
             d / "state.json",
             {
@@ -127,13 +147,9 @@ class Checkpointer:
                 "stop_training": state.stop_training,
                 "history": state.history,
                 "scheduler": None,
+                "fingerprint": self.fingerprint,
             },
         )
-        old = sorted(completed_checkpoints(state.folddir))[: -self.keep]
-        for _, p in old:
-            import shutil
-
-            shutil.rmtree(p, ignore_errors=True)
 
 
 class EpochLog:
@@ -192,15 +208,101 @@ def completed_checkpoints(folddir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def restore_checkpoint(state: TrainState, path: Path) -> None:
-    s = read_json(path / "state.json")
+def clear_checkpoints(folddir: Path) -> int:
+    """Remove every ``checkpoint-*`` of a fold (a fresh run must not leave an earlier run's
+    checkpoints for pruning or a later ``resume`` to mix with its own)."""
+    import shutil
+
+    old = [p for p in folddir.glob("checkpoint-*") if p.is_dir()]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(old)
+
+
+# fingerprint part -> how a mismatch is named in the log
+_FINGERPRINT_PARTS = {"data": "input data", "split": "splits", "targets": "labels/scaling/weights", "model": "model", "training": "training options", "init": "starting weights"}
+
+
+def fingerprint_changes(saved: Any, current: dict | None) -> str | None:
+    """What differs between a checkpoint's fingerprint and the run's (None: they match)."""
+    if current is None:
+        return None
+    if not isinstance(saved, dict):
+        return "no fingerprint (made by an older biolm)"
+    changed = [_FINGERPRINT_PARTS.get(k, k) for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    return ", ".join(changed) if changed else None
+
+
+def resume_training(state: TrainState, fingerprint: dict | None) -> bool:
+    """Continue from the newest usable checkpoint of ``state.folddir``; False = start fresh.
+
+    A checkpoint is used only when its fingerprint matches the run's; one that cannot be read
+    (truncated, or made for a model of another shape) is skipped for the one before it. Each
+    decision is one log line."""
+    log, fold = state.log, state.fold
+    done = completed_checkpoints(state.folddir)
+    if not done:
+        log.info("%s: resume asked, but no checkpoint in %s: starting fresh", _what(fold), state.folddir)
+        return False
+    try:
+        newest = read_json(done[-1][1] / "state.json")
+    except (OSError, ValueError):
+        newest = {}
+    changed = fingerprint_changes(newest.get("fingerprint"), fingerprint)
+    if changed:
+        log.warning("%s: not resuming from %s: it was made with other %s; starting fresh", _what(fold), done[-1][1].name, changed)
+        return False
+    initial = _snapshot(state)
+    for k, (epoch, path) in enumerate(reversed(done)):
+        try:
+            restore_checkpoint(state, path, fingerprint)
+        except Exception as exc:  # noqa: BLE001 - any damage means: not this checkpoint
+            _restore_snapshot(state, initial)
+            more = "; trying the one before" if k + 1 < len(done) else "; starting fresh"
+            log.warning("%s: %s is unusable (%s: %s)%s", _what(fold), path.name, type(exc).__name__, (str(exc).strip().splitlines() or [""])[0][:200], more)
+            continue
+        log.info("%s: resumed from %s (epoch %d done)", _what(fold), path.name, epoch + 1)
+        return True
+    return False
+
+
+def _snapshot(state: TrainState) -> dict:
     from .distributed import unwrap
 
-    unwrap(state.model).load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-    state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    return {
+        "model": copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(state.model).state_dict().items()}),
+        "optimizer": copy.deepcopy(state.optimizer.state_dict()),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _restore_snapshot(state: TrainState, snap: dict) -> None:
+    from .distributed import unwrap
+
+    unwrap(state.model).load_state_dict(snap["model"])
+    state.optimizer.load_state_dict(snap["optimizer"])
+    torch.set_rng_state(snap["rng"])
+    state.epoch, state.step, state.history, state.best_state = 0, 0, [], None
+    state.best_val_loss, state.best_epoch, state.bad_epochs, state.stop_training = math.inf, -1, 0, False
+
+
+def restore_checkpoint(state: TrainState, path: Path, fingerprint: dict | None = None) -> None:
+    """Load a checkpoint into ``state``; every file is read before anything is changed."""
+    from .distributed import unwrap
+
+    s = read_json(path / "state.json")
+    if fingerprint_changes(s.get("fingerprint"), fingerprint):
+        raise ValueError(f"made with other {fingerprint_changes(s.get('fingerprint'), fingerprint)}")
+    model = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     best = torch.load(path / "best.pt", map_location="cpu", weights_only=True)
-    state.best_state = best or None
     rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    own = unwrap(state.model).state_dict()
+    if best and (set(best) != set(own) or any(tuple(best[k].shape) != tuple(v.shape) for k, v in own.items())):
+        raise ValueError("its best weights do not fit the model")
+    unwrap(state.model).load_state_dict(model)
+    state.optimizer.load_state_dict(optim)
+    state.best_state = best or None
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -319,25 +421,25 @@ def train(
     progress: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    fingerprint: dict | None = None,
 ) -> TrainState:
     """Train one fold; returns the state with the best weights restored into ``model``.
 
     ``loss_fn(model, inp, y, w) -> loss`` replaces ``task.loss(model(inp), y, w)`` for objectives
     that are not a function of the outputs alone (masked-LM pre-training); validation then
     reports the mean of ``loss_fn`` and no outputs. ``penalty(model)`` (the plugin's
-    ``ModelSpec.penalty``) is added to every training batch's loss.
+    ``ModelSpec.penalty``) is added to every training batch's loss. ``fingerprint`` identifies
+    what the run trains on and with (saved in every checkpoint; ``resume`` continues only a
+    checkpoint with the same one, see :func:`resume_training`); a run that starts fresh first
+    removes the fold's earlier checkpoints.
     """
-    state = TrainState(plugin, fold, folddir, model, optimizer, nepochs, log=log)
-    if resume:
-        done = completed_checkpoints(folddir)
-        if done:
-            restore_checkpoint(state, done[-1][1])
-            log.info("fold %s: resumed from %s (epoch %d done)", fold, done[-1][1].name, done[-1][0] + 1)
-        else:
-            log.info("fold %s: resume asked, but no checkpoint in %s: starting fresh", fold, folddir)
-    internal = [EarlyStopping(patience), Checkpointer(), EpochLog()]
     from .distributed import is_main
 
+    state = TrainState(plugin, fold, folddir, model, optimizer, nepochs, log=log)
+    resumed = resume and resume_training(state, fingerprint)
+    if not resumed and is_main() and clear_checkpoints(folddir):
+        log.info("%s: removed the checkpoints of an earlier run from %s", _what(fold), folddir)
+    internal = [EarlyStopping(patience), Checkpointer(fingerprint), EpochLog()]
     if is_main():
         try:
             internal.append(TensorBoard(folddir.parent / "tboard" / fold))

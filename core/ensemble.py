@@ -113,6 +113,10 @@ def open_store(run: Any, ens: Ensemble, label_kind: str | None = None):
 def selected_indices(run: Any, store: Any) -> np.ndarray:
     """The store records to score: all, or those in ``inferenceonsplits``."""
     src = run.source
+    if len(store) == 0:
+        from .errors import DataError
+
+        raise DataError(str(src.filepath), f"no records to {run.mode} (the file is empty, or every row was skipped)")
     idx = np.arange(len(store))
     if src.inferenceonsplits:
         if not (src.splitpos or src.splitcolumn):

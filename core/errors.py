@@ -34,3 +34,36 @@ class DataError(BiolmError):
             if column is not None:
                 where += f":{column}"
         super().__init__(f"{where}: {msg}")
+
+
+class NoSpaceError(BiolmError):
+    """The disk (or quota) filled up while writing ``path``; the partial file was removed."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        super().__init__(f"no space left writing {self.path} (the partial file was removed; free some space and run again)")
+
+
+# errno values a user fixes in their environment, not in biolm
+_NO_SPACE = {28, 122}  # ENOSPC, EDQUOT
+_FS_MESSAGES = {13: "permission denied", 1: "operation not permitted", 30: "read-only file system", 36: "file name too long", 20: "not a folder", 21: "is a folder", 24: "too many open files"}
+
+
+def as_user_error(exc: BaseException) -> BiolmError | None:
+    """A user-fixable :class:`BiolmError` for an environment failure, else ``None``.
+
+    Disk full or over quota (also when HDF5 reports it as a RuntimeError), permission denied,
+    read-only file system, a path component that is a file, and running out of memory are the
+    user's to fix: exit code 2 with one line naming the file, never a traceback.
+    """
+    if isinstance(exc, BiolmError):
+        return exc
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE or "No space left on device" in text or "errno = 28" in text:
+        return NoSpaceError(getattr(exc, "filename", None) or "(a file)")
+    if isinstance(exc, OSError) and exc.errno in _FS_MESSAGES:
+        where = exc.filename if exc.filename else "a file"
+        return BiolmError(f"{where}: {_FS_MESSAGES[exc.errno]}")
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
+        return BiolmError("out of memory: lower settings.training.batchsize (or blocksize, or looscores.maxpositions for interpret)")
+    return None

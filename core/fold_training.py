@@ -8,6 +8,8 @@ model (``config.json``, ``trainer_state.json``) — so that each mode only says 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +17,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import BiolmError, ConfigError
 from .hookspecs import Encoding, ModelInfo
-from .outputs import read_json, write_json
+from .outputs import write_json
 
 
 def check_blocksize(run: Any) -> None:
+    """``blocksize`` within the plugin's bounds (``PluginConfig.min_blocksize``/``max_blocksize``),
+    checked before anything is read or allocated."""
     bs = run.cfg.settings.training.blocksize
     if bs < run.plugin.min_blocksize:
         raise ConfigError("settings.training.blocksize", f"{run.plugin.name} needs at least {run.plugin.min_blocksize} tokens, got {bs}")
+    if run.plugin.max_blocksize is not None and bs > run.plugin.max_blocksize:
+        raise ConfigError("settings.training.blocksize", f"{run.plugin.name} reads at most {run.plugin.max_blocksize} tokens per record, got {bs}")
 
 
 def build_model(run: Any, info: ModelInfo, device: Any):
@@ -66,8 +72,9 @@ class Trained:
     runtime: float
 
 
-def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path, task: Any, train_idx: np.ndarray, val_idx: np.ndarray, device: Any, val_metrics: Callable | None = None, loss_fn: Callable | None = None) -> Trained:
-    """Gradient-descent training through the engine (early stopping, checkpoints, resume, DDP)."""
+def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path, task: Any, train_idx: np.ndarray, val_idx: np.ndarray, device: Any, val_metrics: Callable | None = None, loss_fn: Callable | None = None, fingerprint: dict | None = None) -> Trained:
+    """Gradient-descent training through the engine (early stopping, checkpoints, resume, DDP);
+    ``fingerprint`` (:func:`fingerprint`) ties the fold's checkpoints to what produced them."""
     from .engine import make_optimizer, train
     from .progress import Progress
 
@@ -81,7 +88,7 @@ def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path,
             task=task, batches=batches, train_idx=train_idx, val_idx=val_idx, nepochs=tr.nepochs, patience=tr.patience,
             gradacc=tr.gradacc, clipnorm=tr.clipnorm, seed=run.cfg.seed, device=device, precision=env.precision,
             resume=tr.resume, log=run.log, val_metrics=val_metrics, progress=progress, loss_fn=loss_fn,
-            penalty=run.model_spec.penalty,
+            penalty=run.model_spec.penalty, fingerprint=fingerprint,
         )
     return Trained(state.history, state.best_val_loss, time.perf_counter() - t0)
 
@@ -93,25 +100,89 @@ def fit_one_pass(run: Any, model: Any, batches: Any, train_idx: np.ndarray, task
     return Trained([], None, time.perf_counter() - t0)
 
 
-def start_from_pretrained(run: Any, model: Any) -> None:
-    """fine-tune from pre-trained weights when the plugin can load them (``ModelSpec.load_pretrained``):
-    ``inference model: pretrainedmodel`` if it names pre-trained weights, else ``OUTPUTPATH/pre-train``."""
+def start_from_pretrained(run: Any, model: Any) -> str:
+    """fine-tune from pre-trained weights when the plugin can load them (``ModelSpec.load_pretrained``).
+
+    The rule (core's, for every plugin): ``settings: training: pretrainedweights`` if set (it
+    must exist, and a folder with a ``config.json`` must hold a pre-training, not a fine-tuned
+    model), else ``OUTPUTPATH/pre-train`` when it holds weights; none with ``fromscratch``.
+    fine-tune reads only its own keys: ``inference model: pretrainedmodel`` is predict's and
+    interpret's. A plugin's own ``model:`` keys (e.g. a published checkpoint) are applied by its
+    ``build``. Returns what the weights started from, for the checkpoint fingerprint."""
+    key = "settings.training.pretrainedweights"
     loader = run.model_spec.load_pretrained
-    if loader is None or run.cfg.settings.training.fromscratch:
-        return
-    path = run.cfg.inference_model.pretrainedmodel
-    if path and (Path(path) / "config.json").exists():
-        if read_json(Path(path) / "config.json").get("task") != "pre-train":
-            run.log.info("inference model.pretrainedmodel %s is a fine-tuned model (for predict/interpret), not pre-trained weights: ignored", path)
-            path = None
-    default = run.outdir / "pre-train"
-    if not path and (default / "pytorch_model.bin").exists():
+    tr = run.cfg.settings.training
+    if tr.fromscratch:
+        return "random"
+    if loader is None:
+        if tr.pretrainedweights:
+            raise ConfigError(key, f"the {run.plugin.name} model cannot start from pre-trained weights (it has no load_pretrained)")
+        return "random"
+    if tr.pretrainedweights:
+        path = Path(tr.pretrainedweights)
+        if not path.exists():
+            raise ConfigError(key, f"{path} does not exist")
+        if path.is_dir() and (path / "config.json").exists():
+            from .modelio import read_json_file
+
+            task = read_json_file(path / "config.json", "the model's description").get("task")
+            if task != "pre-train":
+                raise ConfigError(key, f"{path} holds a {task} model, not pre-trained weights (e.g. OUTPUTPATH/pre-train)")
+    else:
+        default = run.outdir / "pre-train"
+        if not (default / "pytorch_model.bin").exists():
+            return "random"
         path = default
-    if path:
-        run.log.info("starting from pre-trained weights in %s", path)
-        report = loader(model, Path(path))
-        if report:
-            run.log.info("pre-trained weights: %s", report if isinstance(report, str) else ", ".join(f"{k} {len(v) if hasattr(v, '__len__') and not isinstance(v, str) else v}" for k, v in report.items()))
+    run.log.info("starting from pre-trained weights in %s", path)
+    try:
+        report = loader(model, path)
+    except BiolmError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin's reader failing on the user's file
+        raise BiolmError(f"cannot load pre-trained weights from {path}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}") from None
+    if report:
+        run.log.info("pre-trained weights: %s", report if isinstance(report, str) else ", ".join(f"{k} {len(v) if hasattr(v, '__len__') and not isinstance(v, str) else v}" for k, v in report.items()))
+    weights = path / "pytorch_model.bin" if path.is_dir() else path
+    st = weights.stat() if weights.exists() else None
+    return f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}" if st else str(path.resolve())
+
+
+def fingerprint(run: Any, store: Any, info: ModelInfo, train_idx: np.ndarray, val_idx: np.ndarray, targets: tuple = (), init: str = "random") -> dict:
+    """What a training run's result depends on, one digest per part: the encoded data (the
+    store's hash: input bytes, parsing options, tokenizer, cutting), the split, the targets
+    (labels after scaling, sample and class weights), the model (plugin, ``model:`` section,
+    input facts), the training options that change the result, and the starting weights.
+
+    ``nepochs`` and ``patience`` are left out on purpose: they say when to stop, so a resumed
+    run may train longer than the one it continues."""
+    cfg, tr, env = run.cfg, run.cfg.settings.training, run.cfg.settings.environment
+    from .distributed import world
+
+    def digest(*parts: Any) -> str:
+        h = hashlib.sha256()
+        for part in parts:
+            if hasattr(part, "detach"):
+                part = part.detach().cpu().numpy()
+            if isinstance(part, np.ndarray):
+                h.update(str((part.dtype, part.shape)).encode())
+                h.update(np.ascontiguousarray(part).tobytes())
+            else:
+                h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+    model_section = dataclasses.asdict(cfg.model) if cfg.model is not None and dataclasses.is_dataclass(cfg.model) else {}
+    training = {k: getattr(tr, k) for k in ("lr", "weightdecay", "optimizer", "beta1", "beta2", "gradacc", "clipnorm", "batchsize")}
+    training.update(seed=cfg.seed, precision=env.precision, processes=world()[1])
+    if info.task == "pre-train":
+        training["mlmprobability"] = tr.mlmprobability
+    return {
+        "data": str(store.meta["source_hash"]),
+        "split": digest(np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)),
+        "targets": digest(*[t for t in targets if t is not None]),
+        "model": digest(run.plugin.name, model_section, info.task, info.n_outputs, info.in_channels, info.blocksize),
+        "training": digest(training),
+        "init": init,
+    }
 
 
 def model_meta(run: Any, model: Any, info: ModelInfo, **fields: Any) -> dict:

@@ -579,7 +579,9 @@ def write_h5ad(
     if len(shape) != 2 or shape != (len(obs_names), len(var_names)):
         raise ValueError(f"X has shape {shape}, expected (len(obs_names), len(var_names)) = "
                          f"({len(obs_names)}, {len(var_names)})")
-    with h5py.File(path, "w") as f:
+    from .outputs import atomic_hdf5
+
+    with atomic_hdf5(path) as (f, _):
         _set_enc(f, "anndata", "0.1.0")
         if is_csr:
             grp = f.create_group("X")

@@ -74,6 +74,11 @@ class PluginConfig:
     fixed_length : batches are padded to ``blocksize`` (models with a fixed input size), instead
         of to the longest sequence in the batch.
     min_blocksize : the smallest block size the model accepts (checked before training).
+    max_blocksize : the largest block size (tokens per record) the model is meant to read,
+        checked before anything is read or allocated (``None`` = no bound). Set it to what the
+        architecture can use: a fixed-length model's weights grow with it. Below the bound the
+        core still estimates the memory of one batch's input (``batchsize x blocksize`` tokens,
+        as ``make_input`` builds them) and refuses a batch that would not fit.
     """
 
     name: str
@@ -85,6 +90,7 @@ class PluginConfig:
     version: str = ""
     fixed_length: bool = False
     min_blocksize: int = 1
+    max_blocksize: int | None = 1 << 20
 
 
 @dataclass
@@ -153,9 +159,12 @@ class ModelSpec:
         (e.g. learned motifs).
     embed : ``embed(model, input) -> (B, D)`` per-sample embeddings (``predict`` with
         ``saveembeddings``).
-    load_pretrained : ``load_pretrained(model, path) -> report`` loads pre-trained weights
-        (``fine-tune`` after ``pre-train``, or from ``inference model: pretrainedmodel``); the
-        report (a string or a dict of name -> list) is logged.
+    load_pretrained : ``load_pretrained(model, path) -> report`` loads pre-trained weights when
+        ``fine-tune`` starts (from ``settings: training: pretrainedweights``, else from
+        ``OUTPUTPATH/pre-train`` when it holds weights; never from predict's ``inference model:
+        pretrainedmodel``); the report (a string or a dict of name -> list) is logged. A
+        published checkpoint named by a plugin's own ``model:`` key is the plugin's to load in
+        ``build``.
     penalty : ``penalty(model) -> scalar tensor`` added to the training loss (e.g. L1/L2 on
         kernels).
     architecture : ``architecture(model) -> dict`` saved in a trained model's ``config.json``

@@ -20,7 +20,7 @@ def setup_logger(logdir: Path, name: str, quiet: bool = False, debug: bool = Fal
     logger = logging.getLogger(f"biolm.run.{name}.{stamp}.{n}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    fh = logging.FileHandler(path, encoding="utf-8")
+    fh = _FileHandler(path, encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     fh.setLevel(logging.DEBUG)
     logger.addHandler(fh)
@@ -29,10 +29,38 @@ def setup_logger(logdir: Path, name: str, quiet: bool = False, debug: bool = Fal
         sh.setFormatter(logging.Formatter("%(message)s"))
         sh.setLevel(logging.DEBUG if debug else logging.INFO)
         logger.addHandler(sh)
+    # library warnings (warnings.warn) go to the run's log, not as multi-line text to the console
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addHandler(fh)
     return logger, path
 
 
+class _FileHandler(logging.FileHandler):
+    """A log file that never interrupts the run: a full disk or a vanished folder loses log
+    lines, not results (the logging module would print a traceback to stderr instead)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass
+
+
 def close_logger(logger: logging.Logger) -> None:
+    warn = logging.getLogger("py.warnings")
     for h in list(logger.handlers):
         h.close()
         logger.removeHandler(h)
+        if h in warn.handlers:
+            warn.removeHandler(h)
+    if not warn.handlers:
+        logging.captureWarnings(False)

@@ -6,14 +6,17 @@ log, and the two data steps every mode shares (the tokenizer, the encoded store 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import dump_resolved, load_yaml, resolve
-from .errors import BiolmError, ConfigError
+from .config import default_outputpath, dump_resolved, load_yaml, resolve
+from .errors import BiolmError, ConfigError, as_user_error
+from .folderlock import FolderLock
 from .hookspecs import Encoding, PluginConfig
 from .logs import close_logger, setup_logger
 from .modes import MODES, TASKS
@@ -37,6 +40,41 @@ class Run:
     logfile: Path
     quiet: bool = False
     summary: dict = field(default_factory=dict)
+    lock: FolderLock | None = None
+
+    def start(self) -> None:
+        """Take the mode folder's lock, complete or clear what an interrupted run left there
+        (a half-done publication, temporaries of dead processes), write ``config.yaml``."""
+        from .distributed import is_main
+        from .outputs import remove_stale_temporaries
+        from .publish import finish_publication
+
+        if not is_main():
+            return
+        self.lock = FolderLock(self.modedir).acquire(warn=self.log.warning)
+        if self.lock.stale_message():
+            self.log.warning(self.lock.stale_message())
+        remove_stale_temporaries(self.modedir, recursive=True, log=self.log.warning)
+        remove_stale_temporaries(self.outdir, log=self.log.warning, min_age=3600)  # shared by every mode's runs
+        if finish_publication(self.modedir):
+            self.log.warning("completed the publication of results an interrupted run had begun in %s", self.modedir)
+        write_text(self.modedir / "config.yaml", dump_resolved(self.cfg, self.mode, self.plugin, self.task, self.versions()))
+        self.log.debug("resolved config written to %s", self.modedir / "config.yaml")
+
+    def finish(self, error: BaseException | None = None, original: BaseException | None = None) -> Path:
+        """Log how the run ended, close the log and release the folder's lock; returns the log."""
+        try:
+            if isinstance(error, KeyboardInterrupt):
+                self.log.error("interrupted")
+            elif isinstance(error, SystemExit):
+                self.log.error("exited with code %s", error.code)
+            elif error is not None:
+                _log_failure(self.log, error, original or error)
+        finally:
+            close_logger(self.log)
+            if self.lock is not None:
+                self.lock.release()
+        return self.logfile
 
     @property
     def source(self):
@@ -111,7 +149,32 @@ def _resolve(plugin: PluginConfig, mode: str, configfile: str | Path | None, cli
     return resolve(mode, plugin, yaml_data, cli_values, source=str(configfile) if configfile else "config")
 
 
+def output_folder(cfg: Config, mode: str) -> tuple[Path, Path]:
+    """(OUTPUTPATH, its mode folder), created; a user error when OUTPUTPATH is a file or cannot
+    be written."""
+    if not cfg.outputpath:
+        raise ConfigError("outputpath", "not set and no data file to derive it from")
+    outdir = Path(cfg.outputpath)
+    name = mode_dirname(mode, cfg)
+    if not _folder_name(name):
+        raise ConfigError("inference model.outputdir", f"a folder name under outputpath (no path), got {name!r}")
+    modedir = outdir / name
+    for p in (outdir, *outdir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError("outputpath", f"{outdir}: {p} is a file, not a folder")
+            break
+    try:
+        modedir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("outputpath", f"cannot create {modedir}: {e.strerror or e}") from None
+    if not os.access(modedir, os.W_OK | os.X_OK):
+        raise ConfigError("outputpath", f"{modedir} is not writable")
+    return outdir, modedir
+
+
 def prepare(plugin_name: str, mode: str, task: str | None, configfile: str | Path | None, cli_values: dict | None, quiet: bool = False, debug: bool = False) -> Run:
+    """The run's config, folders and log; :meth:`Run.start` then takes the folder's lock."""
     registry = get_registry()
     plugin = registry.plugin(plugin_name)
     if mode not in plugin.modes:
@@ -121,20 +184,12 @@ def prepare(plugin_name: str, mode: str, task: str | None, configfile: str | Pat
     cfg = _resolve(plugin, mode, configfile, cli_values)
     if not getattr(cfg, MODES[mode].source).filepath:
         raise ConfigError(f"{section_title(MODES[mode].source)}.filepath", f"required for {mode} (the data file to read)", str(configfile) if configfile else None)
-    if not cfg.outputpath:
-        raise ConfigError("outputpath", "not set and no data file to derive it from")
-    outdir = Path(cfg.outputpath)
-    modedir = outdir / mode_dirname(mode, cfg)
-    modedir.mkdir(parents=True, exist_ok=True)
-    from .distributed import is_main, world
+    outdir, modedir = output_folder(cfg, mode)
+    from .distributed import world
 
     rank = world()[0]
     log, logfile = setup_logger(modedir / "logs", f"{plugin_name}.{mode}", quiet=quiet, debug=debug, suffix=f"_rank{rank}" if rank else "")
-    run = Run(registry, plugin, mode, task, cfg, outdir, modedir, log, logfile, quiet)
-    if is_main():
-        write_text(modedir / "config.yaml", dump_resolved(cfg, mode, plugin, task, run.versions()))
-    log.debug("resolved config written to %s", modedir / "config.yaml")
-    return run
+    return Run(registry, plugin, mode, task, cfg, outdir, modedir, log, logfile, quiet)
 
 
 def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | Path | None = None, cli_values: dict | None = None, quiet: bool = False, debug: bool = False, argv: list[str] | None = None) -> Run | None:
@@ -142,37 +197,115 @@ def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | 
 
     Training modes asking for several processes (``ngpus`` > 1, or several visible GPUs) are
     relaunched under torch's launcher with ``argv`` (the command line); None is returned then.
+
+    Every run that fails writes its log (the error; for an unexpected one the traceback) to its
+    mode folder, or, when it fails before one is known or usable, to :func:`fallback_logdir`.
+    Environment failures the user fixes (a full disk, permissions, memory) are raised as
+    :class:`BiolmError` (exit code 2).
     """
     from .distributed import is_distributed, is_main, relaunch, wanted_processes
 
-    if mode in ("fine-tune", "pre-train") and not is_distributed():
-        registry = get_registry()
-        cfg = _resolve(registry.plugin(plugin_name), mode, configfile, cli_values)
-        n = wanted_processes(cfg.settings.environment)
-        if n > 1 and registry.model(plugin_name).fit is None:
-            if argv is None:
-                raise BiolmError(f"{n} processes asked for (ngpus); run through the biolm command so it can relaunch itself with torchrun")
-            code = relaunch(n, argv)
-            if code:
-                raise SystemExit(code)
-            return None
-    r = prepare(plugin_name, mode, task, configfile, cli_values, quiet=quiet or not is_main(), debug=debug)
+    r = None
     try:
+        if mode in ("fine-tune", "pre-train") and not is_distributed():
+            registry = get_registry()
+            cfg = _resolve(registry.plugin(plugin_name), mode, configfile, cli_values)
+            n = wanted_processes(cfg.settings.environment)
+            if n > 1 and registry.model(plugin_name).fit is None:
+                if argv is None:
+                    raise BiolmError(f"{n} processes asked for (ngpus); run through the biolm command so it can relaunch itself with torchrun")
+                code = relaunch(n, argv)
+                if code:
+                    raise SystemExit(code)
+                return None
+        r = prepare(plugin_name, mode, task, configfile, cli_values, quiet=quiet or not is_main(), debug=debug)
+        r.start()
         module = importlib.import_module(MODES[mode].module)
         r.summary = module.execute(r) or {}
-    except BiolmError as exc:
-        r.log.debug("failed: %s", exc)
-        close_logger(r.log)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if r is not None:
+            r.finish(exc)
         raise
-    except BaseException:
-        r.log.debug("unexpected failure", exc_info=True)  # the file keeps the traceback; the console only with --debug
-        close_logger(r.log)
-        raise
+    except BaseException as exc:
+        err = as_user_error(exc)
+        logfile = r.finish(err or exc, exc) if r is not None else failure_log(plugin_name, mode, configfile, cli_values, err or exc, exc)
+        if err is None:
+            with contextlib.suppress(AttributeError):
+                exc.biolm_log = logfile  # type: ignore[attr-defined]  (the CLI names it)
+            raise
+        if err is exc:
+            raise
+        raise err from None
     r.log.info("log written to %s", r.logfile)
-    close_logger(r.log)
+    r.finish()
     if is_main():
         print_summary(r)
     return r
+
+
+def failure_log(plugin_name: str, mode: str, configfile: str | Path | None, cli_values: dict | None, error: BaseException, original: BaseException) -> Path | None:
+    """The log of a run that failed before its mode folder was ready: in
+    ``OUTPUTPATH/<mode>/logs`` when OUTPUTPATH can be told and written, else in :func:`fallback_logdir`."""
+    modedir = _guess_modedir(mode, configfile, cli_values or {})
+    for folder in (modedir / "logs" if modedir else None, fallback_logdir()):
+        if folder is None:
+            continue
+        try:
+            log, path = setup_logger(folder, f"{plugin_name}.{mode}.failed", quiet=True)
+        except OSError:
+            continue
+        log.info("biolm %s %s (config file %s)", plugin_name, mode, configfile or "none")
+        _log_failure(log, error, original)
+        close_logger(log)
+        return path
+    return None
+
+
+def _guess_modedir(mode: str, configfile: str | Path | None, cli: dict) -> Path | None:
+    """The mode folder as far as a config that failed to resolve tells it (or None)."""
+    try:
+        data = load_yaml(configfile) if configfile else {}
+    except BiolmError:
+        data = {}
+
+    def raw(section: str, key: str, attr: str):
+        value = cli.get(attr)
+        if value is None and isinstance(data.get(section), dict):
+            value = data[section].get(key)
+        return value if isinstance(value, str) and value else None
+
+    source = MODES[mode].source if mode in MODES else None
+    out = cli.get("outputpath") or data.get("outputpath")
+    if not (isinstance(out, str) and out) and source:
+        filepath = raw(section_title(source), "filepath", f"{source}.filepath")
+        out = default_outputpath(filepath) if filepath else None
+    if not (isinstance(out, str) and out):
+        return None
+    sub = raw("inference model", "outputdir", "inference_model.outputdir") if mode in ("predict", "interpret") else None
+    return Path(out) / (sub if sub and _folder_name(sub) else mode)
+
+
+def _folder_name(name: str) -> bool:
+    """A plain folder name: no path, not ``.`` or ``..``."""
+    return Path(name).name == name and name not in (".", "..")
+
+
+def fallback_logdir() -> Path:
+    """Where the log of a run goes when its OUTPUTPATH is unknown or unusable."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "biolm-logs"
+
+
+def _log_failure(log: logging.Logger, error: BaseException, original: BaseException) -> None:
+    """The error in the log file only (the console gets its one line from the CLI)."""
+    for h in log.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.CRITICAL + 1)
+    if isinstance(error, BiolmError):
+        log.error("error: %s", error)
+    else:
+        log.error("unexpected error: %s: %s", type(original).__name__, original, exc_info=original)
 
 
 def print_summary(r: Run) -> None:

@@ -59,8 +59,30 @@ class LabelScaler:
         return {"kind": self.kind, "params": self.params}
 
     @classmethod
-    def from_json(cls, d: dict) -> "LabelScaler":
-        return cls(d.get("kind", "none"), dict(d.get("params", {})))
+    def from_json(cls, d: dict, source: str = "scaler.json") -> "LabelScaler":
+        """Inverse of :meth:`to_json`; an unknown kind or a missing, non-numeric parameter is a
+        :class:`DataError` naming ``source`` and the key (never an identity scaling)."""
+        if not isinstance(d, dict):
+            raise DataError(source, f"key 'scaling': expected an object with 'kind' and 'params', got {d!r}")
+        kind = d.get("kind", "none")
+        if kind not in SCALING_PARAMS:
+            raise DataError(source, f"key 'scaling.kind': {kind!r} is not one of {', '.join(SCALING_PARAMS)}")
+        params = d.get("params", {})
+        if not isinstance(params, dict):
+            raise DataError(source, f"key 'scaling.params': expected an object, got {params!r}")
+        for name in SCALING_PARAMS[kind]:
+            v = params.get(name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise DataError(source, f"key 'scaling.params.{name}': {kind} scaling needs a finite number, got {v!r}")
+        if kind == "minmax" and not params["max"] > params["min"]:
+            raise DataError(source, f"key 'scaling.params': minmax needs max > min, got {params['min']!r}, {params['max']!r}")
+        if kind == "standard" and not params["std"] > 0:
+            raise DataError(source, f"key 'scaling.params.std': must be > 0, got {params['std']!r}")
+        return cls(kind, {k: float(params[k]) for k in SCALING_PARAMS[kind]})
+
+
+# the parameters each scaling kind is saved with
+SCALING_PARAMS: dict[str, tuple[str, ...]] = {"log": (), "minmax": ("min", "max"), "standard": ("mean", "std"), "none": ()}
 
 
 @dataclass

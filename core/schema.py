@@ -129,7 +129,7 @@ class Tokenization:
 
 @dataclass
 class InferenceModel:
-    pretrainedmodel: str | None = opt(None, "Fine-tuned model to use: a fold folder (OUTPUTPATH/fine-tune/0) or a cross-validation parent (OUTPUTPATH/fine-tune: every fold runs). For fine-tune: pre-trained weights to start from.", parse=P.PATH, modes=INFER_MODES | {"fine-tune"})
+    pretrainedmodel: str | None = opt(None, "Fine-tuned model to use: a fold folder (OUTPUTPATH/fine-tune/0) or a cross-validation parent (OUTPUTPATH/fine-tune: every fold runs).", parse=P.PATH, modes=INFER_MODES)
     ensembleweighting: str = opt("uniform", "How fold predictions of a CV parent are combined: 'uniform' mean or 'loss' (weights proportional to 1/validation loss).", choices=("uniform", "loss"), modes=INFER_MODES)
     outputdir: str | None = opt(None, "Name of the results folder under outputpath; default: the mode name (predict, interpret).", parse=P.TEXT, modes=INFER_MODES)
     saveembeddings: bool = opt(False, "predict: also write per-sample embeddings to embeddings.h5 (plugins that have them).", modes={"predict"})
@@ -164,6 +164,7 @@ class Training:
     clipnorm: float | None = opt(1.0, "Clip the gradient norm to this value; unset/False = no clipping.", parse=P.FLOAT, false_is_unset=True, minimum=0.0, modes=TRAIN_MODES)
     resume: bool = opt(False, "Continue each fold from its last checkpoint.", modes=TRAIN_MODES)
     fromscratch: bool = opt(False, "fine-tune: ignore pre-trained weights and start from random ones.", modes={"fine-tune"})
+    pretrainedweights: str | None = opt(None, "fine-tune: pre-trained weights to start from (a pre-train output folder, or a weights file the plugin reads); unset = OUTPUTPATH/pre-train when it holds weights.", parse=P.PATH, false_is_unset=True, modes={"fine-tune"})
     qualityweights: dict = opt({"STRONG": 1.0, "GOOD": 0.75, "WEAK": 0.5, "POOR": 0.25}, "Loss weights for quality labels in the weightpos column.", parse=P.WEIGHTS_TABLE, modes={"fine-tune"})
     classweights: bool = opt(True, "Classification: weight the loss by inverse class frequency of the training split.", modes={"fine-tune"})
     mlmprobability: float = opt(0.15, "pre-train: fraction of tokens masked.", minimum=0.0, maximum=1.0, modes={"pre-train"})

@@ -149,7 +149,10 @@ def test_unknown_config_key_is_one_line_exit_2(tmp_path, data):
     assert lines[0].startswith("error:")
     assert str(cfg) in lines[0] and "batchsiz" in lines[0] and "batchsize" in lines[0]  # file, key, hint
     assert "Traceback" not in p.stderr and p.stdout == ""
-    assert not (tmp_path / "out").exists()
+    # nothing but the failed run's log, which names the key
+    written = [f for f in (tmp_path / "out").rglob("*") if f.is_file()]
+    assert len(written) == 1 and written[0].parent == tmp_path / "out" / "tokenize" / "logs"
+    assert "batchsiz" in written[0].read_text()
 
 
 def test_bad_value_names_key_and_allowed_values(tmp_path, data):

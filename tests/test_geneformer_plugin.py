@@ -104,7 +104,7 @@ def regression(pipe):
     cli = {
         "outputpath": str(tmp / "reg"),
         "finetuning_source.labelcolumn": "marker_score",
-        "inference_model.pretrainedmodel": str(pipe["pretrain"].modedir),
+        "settings.training.pretrainedweights": str(pipe["pretrain"].modedir),
         "settings.training.nepochs": 5,
         "settings.training.scaling": "standard",
     }
@@ -219,7 +219,7 @@ def test_finetune_starts_from_pretrained_weights(pipe):
 
 
 def test_finetune_with_zero_lr_keeps_the_pretrained_encoder(pipe, tmp_path):
-    cli = {"outputpath": str(tmp_path), "inference_model.pretrainedmodel": str(pipe["pretrain"].modedir), "settings.training.nepochs": 1, "settings.training.lr": 0.0}
+    cli = {"outputpath": str(tmp_path), "settings.training.pretrainedweights": str(pipe["pretrain"].modedir), "settings.training.nepochs": 1, "settings.training.lr": 0.0}
     r = run("geneformer", "fine-tune", task="classification", configfile=pipe["cfg"], quiet=True, cli_values=cli)
     pre = torch.load(pipe["pretrain"].modedir / "pytorch_model.bin", weights_only=True)
     fine = torch.load(r.modedir / "0/pytorch_model.bin", weights_only=True)
@@ -230,6 +230,23 @@ def test_finetune_with_zero_lr_keeps_the_pretrained_encoder(pipe, tmp_path):
     r2 = run("geneformer", "fine-tune", task="classification", configfile=pipe["cfg"], quiet=True, cli_values={**cli, "outputpath": str(tmp_path / "s"), "settings.training.fromscratch": True})
     scratch = torch.load(r2.modedir / "0/pytorch_model.bin", weights_only=True)
     assert not torch.equal(scratch["bert.embeddings.word_embeddings.weight"], pre["bert.embeddings.word_embeddings.weight"])
+
+
+def test_fine_tune_reads_only_its_own_keys_from_a_combined_yaml(pipe, tmp_path):
+    """One YAML for every mode: predict's ``inference model: pretrainedmodel`` (here a CV parent
+    of fine-tuned models) is not fine-tune's starting point; its own key is pretrainedweights."""
+    from conftest import cli
+
+    combined = yaml.safe_load(pipe["cfg"].read_text())
+    combined["inference model"] = {"pretrainedmodel": str(pipe["finetune"].modedir)}
+    combined["outputpath"] = str(tmp_path / "out")
+    cfg = tmp_path / "combined.yaml"
+    cfg.write_text(yaml.safe_dump(combined))
+    r = cli("--quiet", "geneformer", "fine-tune", "--task", "classification", "-c", cfg, "--nepochs", "1")
+    assert r.code == 0, r.err
+    assert "pre-trained weights" not in next((tmp_path / "out/fine-tune/logs").glob("*.log")).read_text()
+    r = cli("--quiet", "geneformer", "fine-tune", "--task", "classification", "-c", cfg, "--nepochs", "1", "--pretrainedweights", pipe["finetune"].modedir / "0")
+    r.one_error("settings.training.pretrainedweights", "holds a classification model, not pre-trained weights")
 
 
 def test_cell_types_are_classified_well_above_baselines(pipe):

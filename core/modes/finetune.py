@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import glob
 from typing import Any
 
 import numpy as np
 
 from .. import metrics as M
 from ..errors import ConfigError, DataError
-from ..fold_training import best_epoch, build_model, check_blocksize, fit_one_pass, loss_name, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
+from ..fold_training import best_epoch, build_model, check_blocksize, fingerprint, fit_one_pass, loss_name, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
 from ..hookspecs import ModelInfo
 from ..outputs import write_json
+from ..publish import publication
 from ..results import metric_fn, metrics, plot_fold, write_predictions, write_result_files
 from ..scaling import LabelEncoder, LabelScaler, parse_float_labels, parse_weights
 from ..splits import make_folds
@@ -36,10 +38,13 @@ def execute(run: Any) -> dict:
         run.log.warning("weightpos is used for regression only; ignored for classification")
         weights = None
     run.log.info("%d records, %d fold(s), device %s", len(store), len(folds), device)
-    results = [fit_fold(run, store, tokenizer, fold, weights, device) for fold in folds]
-    cv = M.summarize_folds(results)
-    if is_main():
-        write_json(run.modedir / "cv_results.json", {"folds": [f.name for f in folds], "sizes": [f.sizes() for f in folds], "metrics": cv})
+    # every fold's results and cv_results.json appear together when all folds are done (the
+    # checkpoints stay in the fold folders, so a failed run can be resumed)
+    with publication(run.modedir, replaces=previous_results(run.modedir), enabled=is_main()) as staging:
+        results = [fit_fold(run, store, tokenizer, fold, weights, device, staging / fold.name) for fold in folds]
+        cv = M.summarize_folds(results)
+        if is_main():
+            write_json(staging / "cv_results.json", {"folds": [f.name for f in folds], "sizes": [f.sizes() for f in folds], "metrics": cv})
     values = {k: v["mean"] for k, v in cv.items()} if len(folds) > 1 else results[0]
     split = "test" if all(len(f.test) for f in folds) else "validation"
     title = f"{run.plugin.name} fine-tune: {split} split" + (f", mean over {len(folds)} folds" if len(folds) > 1 else "")
@@ -53,6 +58,18 @@ def summary_metrics(values: dict, scaling: str) -> dict:
     if scaling != "none":
         out.update({f"{k[len('scaled_'):]} ({scaling}-scaled)": v for k, v in values.items() if k.startswith("scaled_") and isinstance(v, float)})
     return out
+
+
+def previous_results(modedir: Any) -> list[str]:
+    """Glob patterns of an earlier fine-tune's results: ``cv_results.json`` and the files of
+    every fold folder and of its subfolders (a plugin's exports), not its checkpoints; so a run
+    with fewer folds leaves no old fold for a cross-validation parent's predict to pick up."""
+    patterns = ["cv_results.json"]
+    for d in sorted(modedir.iterdir()) if modedir.is_dir() else ():
+        if d.is_dir() and ((d / "config.json").exists() or any(d.glob("checkpoint-*"))):
+            patterns.append(f"{glob.escape(d.name)}/*")
+            patterns += [f"{glob.escape(d.name)}/{glob.escape(sub.name)}/*" for sub in d.iterdir() if sub.is_dir() and not sub.name.startswith("checkpoint-")]
+    return patterns
 
 
 def targets(run: Any, raw: list, fold: Any):
@@ -80,27 +97,30 @@ def targets(run: Any, raw: list, fold: Any):
     return y, None, encoder, Task("classification", n, cw)
 
 
-def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarray | None, device: Any) -> dict:
-    """Train one fold and write its folder; returns the reported split's metrics (test, else validation)."""
+def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarray | None, device: Any, outdir: Any) -> dict:
+    """Train one fold (its checkpoints in ``<modedir>/<fold>``) and write its results to
+    ``outdir`` (staged for publication); returns the reported split's metrics (test, else validation)."""
+    from ..batching import check_batch_memory
     from ..distributed import is_main
     from ..engine import evaluate
     from ..modelio import save_fold
 
     tr = run.cfg.settings.training
-    folddir = run.modedir / fold.name
-    folddir.mkdir(parents=True, exist_ok=True)
+    folddir = run.modedir / fold.name  # its checkpoints (the results go to outdir)
     raw = list(store.labels)
     y, scaler, encoder, task = targets(run, raw, fold)
     encoding = run.encoding()
     info = ModelInfo(task=run.task, n_outputs=task.n_outputs, in_channels=tokenizer.n_channels, blocksize=encoding.blocksize, tokenizer=tokenizer, extra={"vocab_size": len(tokenizer.vocab)})
+    check_batch_memory(lambda b: run.tokenizer_spec.make_input(tokenizer, b, encoding), tokenizer.n_modifiers, tr.batchsize, encoding.blocksize, device)
     model = build_model(run, info, device)
-    start_from_pretrained(run, model)
+    init = start_from_pretrained(run, model)
     batches = make_batches(run, store, tokenizer, device, encoding, y, weights)
     if run.model_spec.fit is not None:
         trained = fit_one_pass(run, model, batches, fold.train, task)
     else:
         val = metric_fn(run.task, y, fold.val, scaler, task.n_outputs)
-        trained = train_model(run, model, batches, fold=fold.name, folddir=folddir, task=task, train_idx=fold.train, val_idx=fold.val, device=device, val_metrics=val)
+        fp = fingerprint(run, store, info, fold.train, fold.val, (y, weights, task.class_weights), init)
+        trained = train_model(run, model, batches, fold=fold.name, folddir=folddir, task=task, train_idx=fold.train, val_idx=fold.val, device=device, val_metrics=val, fingerprint=fp)
     parts = {"train": fold.train, "eval": fold.val, **({"test": fold.test} if len(fold.test) else {})}
     results, outputs = {}, {}
     for part, idx in parts.items():
@@ -114,13 +134,13 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
         return headline
     best = trained.best_val_loss if trained.best_val_loss is not None else results["eval"]["eval_loss"]
     meta = model_meta(run, model, info, fold=fold.name, best_val_loss=best)
-    save_fold(folddir, model, meta, run.outdir / "tokenizer.json", scaler, encoder)
+    save_fold(outdir, model, meta, run.outdir / "tokenizer.json", scaler, encoder)
     if run.model_spec.export is not None:
-        run.model_spec.export(model, folddir)
-    write_trainer_state(folddir, trained.history, best, tr.nepochs)
-    write_result_files(folddir, results)
+        run.model_spec.export(model, outdir)
+    write_trainer_state(outdir, trained.history, best, tr.nepochs)
+    write_result_files(outdir, results)
     idx = parts[shown]
-    write_predictions(folddir, run.task, [store.ids[i] for i in idx], [raw[i] for i in idx], outputs[shown], scaler, encoder, split=shown)
-    plot_fold(folddir, trained.history, run.task, y, idx, outputs[shown], scaler, encoder, results[shown], shown, title=f"{run.plugin.name} fold {fold.name}: learning curves", loss=loss_name(task, tr.scaling), best_epoch=best_epoch(trained.history))
+    write_predictions(outdir, run.task, [store.ids[i] for i in idx], [raw[i] for i in idx], outputs[shown], scaler, encoder, split=shown)
+    plot_fold(outdir, trained.history, run.task, y, idx, outputs[shown], scaler, encoder, results[shown], shown, title=f"{run.plugin.name} fold {fold.name}: learning curves", loss=loss_name(task, tr.scaling), best_epoch=best_epoch(trained.history))
     run.log.info("fold %s: %s", fold.name, "  ".join(f"{k} {v:.4g}" for k, v in results[shown].items() if isinstance(v, float)))
     return headline

@@ -22,6 +22,7 @@ forward pass (:mod:`biolm.core.perturb`) is the reference the fast routines are 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import pickle
 import time
@@ -33,6 +34,7 @@ from ..ensemble import load_ensemble, model_encoding, open_store, selected_indic
 from ..errors import ConfigError
 from ..outputs import write_atomic, write_text
 from ..perturb import fast_scores, full_forward_scores, plan, token_text, unknown_replacements
+from ..publish import publication
 
 HEADER = ["sequence", "token", "replacement", "label", "pred", "start_offset", "end_offset", "loo"]
 
@@ -117,12 +119,14 @@ def execute(run: Any) -> dict:
             per_pos = _per_position(positions, loo, n_seen)
             explanations.append((sid, per_pos, base_v, texts, start))
             if len(plot_data) < lc.plotsequences:
-                plot_data.append((sid, texts, per_pos))
+                plot_data.append((int(i), sid, texts, per_pos))
             n_pos += len(positions)
             progress.advance(1, f"LOO {n_pos / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
         progress.finish()
     elapsed = time.perf_counter() - t0
-    csv_path, pkl_path = write_scores(run, how, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional)
+    with publication(run.modedir, replaces=(f"loo_scores_{how}.csv", f"loo_scores_{how}.pkl", f"loo_{how}_*.png")) as staging:
+        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional)
+    csv_path, pkl_path = run.modedir / csv_path.name, run.modedir / pkl_path.name
     rate = n_pos / max(elapsed, 1e-9)
     run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s)", len(explanations), n_pos, elapsed, rate)
     return {"metrics": {"sequences": len(explanations), "perturbations": n_pos, "positions_per_s": rate}, "lines": [f"scores: {csv_path}", f"shap explanations: {pkl_path}"]}
@@ -137,7 +141,7 @@ def _per_position(positions: np.ndarray, loo: np.ndarray, n: int) -> np.ndarray:
     return np.divide(total, counts, out=np.zeros(n), where=counts > 0)
 
 
-def write_scores(run: Any, how: str, rows: list, explanations: list, plot_data: list, classification: bool, positional: bool):
+def write_scores(folder: Any, how: str, rows: list, explanations: list, plot_data: list, classification: bool, positional: bool):
     """``loo_scores_<how>.csv``, the ``.pkl`` of shap explanations and the per-sequence plots."""
     from .. import plots
 
@@ -145,15 +149,23 @@ def write_scores(run: Any, how: str, rows: list, explanations: list, plot_data: 
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(HEADER + (["loo_true_class"] if classification else []))
     w.writerows(rows)
-    csv_path = run.modedir / f"loo_scores_{how}.csv"
+    csv_path = folder / f"loo_scores_{how}.csv"
     write_text(csv_path, buf.getvalue())
-    pkl_path = run.modedir / f"loo_scores_{how}.pkl"
+    pkl_path = folder / f"loo_scores_{how}.pkl"
     write_atomic(pkl_path, lambda fh: pickle.dump(shap_explanations(explanations), fh), mode="wb")
-    for sid, texts, per_pos in plot_data:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(sid))
+    for index, sid, texts, per_pos in plot_data:
         draw = plots.importance if positional else plots.top_features
-        draw(texts, per_pos, run.modedir / f"loo_{how}_{safe}.png", title=f"{sid}: leave-one-out ({how})")
+        draw(texts, per_pos, folder / plot_name(how, index, sid), title=f"{sid}: leave-one-out ({how})")
     return csv_path, pkl_path
+
+
+def plot_name(how: str, index: int, sid: str) -> str:
+    """``loo_<how>_<record index>_<id, sanitised, at most 40 characters>_<8 hex of the id's hash>.png``:
+    unique (the index), recognisable (the id) and short enough for any file system, whatever
+    the ids are (``a/b`` and ``a_b``, 230 characters, non-ASCII)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in str(sid))[:40].strip(".")
+    digest = hashlib.sha256(str(sid).encode("utf-8")).hexdigest()[:8]
+    return f"loo_{how}_{index:06d}_{safe}_{digest}.png"
 
 
 def shap_explanations(items: list) -> list:

@@ -25,26 +25,30 @@ What happens:
   ``learning_curves.png``.
 
 ``fine-tune`` then starts from ``OUTPUTPATH/pre-train`` (through the plugin's ``ModelSpec.load_pretrained``)
-unless ``fromscratch`` is set or ``inference model: pretrainedmodel`` names other weights.
+unless ``fromscratch`` is set or ``settings: training: pretrainedweights`` names other weights.
+The results are published together (:mod:`biolm.core.publish`); the checkpoints stay in the
+mode folder for ``resume``.
 """
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from ..errors import BiolmError, DataError
-from ..fold_training import best_epoch, build_model, check_blocksize, make_batches, model_meta, train_model, write_trainer_state
+from ..fold_training import best_epoch, build_model, check_blocksize, fingerprint, make_batches, model_meta, train_model, write_trainer_state
 from ..hookspecs import ModelInfo
-from ..outputs import write_json
+from ..outputs import copy_file, write_json
 from ..pretrain_objective import Objective, evaluate_tokens, perplexity, split_records
+from ..publish import publication
+
+# the results a pre-training publishes together (an earlier set is replaced as a whole)
+RESULTS = ("pytorch_model.bin", "config.json", "tokenizer.json", "trainer_state.json", "train_results.json", "eval_results.json", "all_results.json", "learning_curves.png")
 
 
 def execute(run: Any) -> dict:
-    from .. import plots
-    from ..distributed import init, is_main, main_first, unwrap, world
+    from ..batching import check_batch_memory
+    from ..distributed import init, is_main, main_first, world
     from ..engine import Task, resolve_device
-    from ..outputs import save_torch
 
     cfg, tr, env = run.cfg, run.cfg.settings.training, run.cfg.settings.environment
     if run.model_spec.pretrain_loss is None:
@@ -62,38 +66,50 @@ def execute(run: Any) -> dict:
     run.log.info("%d records: %d for training, %d for validation (seeded random 95/5); device %s", len(store), len(train_idx), len(val_idx), device)
     encoding = run.encoding()
     info = ModelInfo(task="pre-train", n_outputs=0, in_channels=tokenizer.n_channels, blocksize=encoding.blocksize, tokenizer=tokenizer, extra={"vocab_size": len(tokenizer.vocab), "mlmprobability": tr.mlmprobability})
+    check_batch_memory(lambda b: run.tokenizer_spec.make_input(tokenizer, b, encoding), tokenizer.n_modifiers, tr.batchsize, encoding.blocksize, device)
     model = build_model(run, info, device)
     batches = make_batches(run, store, tokenizer, device, encoding)
     objective = Objective(run.model_spec.pretrain_loss, cfg.seed, world()[0], device)
-    folddir = run.modedir
     run.registry.pm.register(objective)
     try:
-        trained = train_model(run, model, batches, fold="pre-train", folddir=folddir, task=Task("pre-train", 0), train_idx=train_idx, val_idx=val_idx, device=device, loss_fn=objective)
+        fp = fingerprint(run, store, info, train_idx, val_idx)
+        trained = train_model(run, model, batches, fold="pre-train", folddir=run.modedir, task=Task("pre-train", 0), train_idx=train_idx, val_idx=val_idx, device=device, loss_fn=objective, fingerprint=fp)
     finally:
         run.registry.pm.unregister(objective)
     if not is_main():
         return {}
-    history = trained.history
     eval_loss, n_tokens = evaluate_tokens(model, batches, val_idx, objective, device, env.precision)
+    with publication(run.modedir, replaces=RESULTS) as folddir:
+        summary = write_results(run, model, info, trained, eval_loss, n_tokens, len(train_idx), len(val_idx), folddir)
+    run.log.info("pre-train: eval loss %.5g, perplexity %.5g (%d scored tokens of %d validation records)", eval_loss, perplexity(eval_loss), n_tokens, len(val_idx))
+    return {**summary, "lines": [f"pre-trained weights: {run.modedir / 'pytorch_model.bin'} (fine-tune starts from them)"]}
+
+
+def write_results(run: Any, model: Any, info: ModelInfo, trained: Any, eval_loss: float, n_tokens: int, n_train: int, n_val: int, folddir: Any) -> dict:
+    """The pre-trained model and its reports, written to ``folddir``; returns the summary metrics."""
+    from .. import plots
+    from ..distributed import unwrap
+    from ..outputs import save_torch
+
+    tr = run.cfg.settings.training
+    history = trained.history
     save_torch(folddir / "pytorch_model.bin", {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()})
     write_json(folddir / "config.json", model_meta(run, model, info, best_val_loss=trained.best_val_loss))
-    shutil.copyfile(run.outdir / "tokenizer.json", folddir / "tokenizer.json")
+    copy_file(run.outdir / "tokenizer.json", folddir / "tokenizer.json")
     write_trainer_state(folddir, history, trained.best_val_loss, tr.nepochs, best_val_perplexity=perplexity(trained.best_val_loss))
     last = history[-1] if history else {}
     train_results = {
         "train_loss": last.get("train_loss"),
         "train_perplexity": last.get("train_perplexity"),
         "train_runtime": trained.runtime,
-        "train_samples": len(train_idx),
-        "train_samples_per_second": len(train_idx) * max(len(history), 1) / max(trained.runtime, 1e-9),
+        "train_samples": n_train,
+        "train_samples_per_second": n_train * max(len(history), 1) / max(trained.runtime, 1e-9),
         "epochs": len(history),
     }
-    eval_results = {"eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss), "eval_samples": len(val_idx), "eval_scored_tokens": n_tokens}
+    eval_results = {"eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss), "eval_samples": n_val, "eval_scored_tokens": n_tokens}
     write_json(folddir / "train_results.json", train_results)
     write_json(folddir / "eval_results.json", eval_results)
     write_json(folddir / "all_results.json", {**train_results, **eval_results})
     if history:
         plots.learning_curves(history, folddir / "learning_curves.png", title=f"{run.plugin.name} pre-training: learning curves", loss="masked-LM cross-entropy per scored token", best_epoch=best_epoch(history))
-    run.log.info("pre-train: eval loss %.5g, perplexity %.5g (%d scored tokens of %d validation records)", eval_loss, eval_results["eval_perplexity"], n_tokens, len(val_idx))
-    metrics = {"eval_loss": eval_loss, "eval_perplexity": eval_results["eval_perplexity"], "train_loss": float(last.get("train_loss", float("nan"))), "epochs": len(history)}
-    return {"metrics": metrics, "lines": [f"pre-trained weights: {folddir / 'pytorch_model.bin'} (fine-tune starts from them)"]}
+    return {"metrics": {"eval_loss": eval_loss, "eval_perplexity": eval_results["eval_perplexity"], "train_loss": float(last.get("train_loss", float("nan"))), "epochs": len(history)}}

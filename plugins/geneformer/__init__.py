@@ -347,7 +347,7 @@ def _model_classes() -> tuple:
         def load_pretrained(self, path: str | os.PathLike) -> dict:
             """Encoder weights from a ``pre-train`` folder (``pytorch_model.bin``), a folder or file
             of Hugging Face / cellarium BERT weights; the head keeps its initialisation."""
-            key = "inference model.pretrainedmodel"
+            key = "settings.training.pretrainedweights"
             p = Path(path)
             if p.is_dir():
                 weights = p / "pytorch_model.bin"
@@ -372,8 +372,8 @@ def _model_classes() -> tuple:
                 report = load_hf_bert_weights(self, weights)
             except ValueError as exc:
                 raise ConfigError(key, f"{weights}: {exc}") from None
-            except Exception as exc:  # unreadable / not a torch file
-                raise DataError(str(weights), f"cannot read the weights: {type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # unreadable / not a torch file (torch's own text advises unsafe loading: not shown)
+                raise DataError(str(weights), f"cannot read the weights: not a state dict of tensors, truncated, or damaged ({type(exc).__name__})") from None
             self.pretrained_from = str(weights)
             self.pretrained_report = report
             return report
@@ -444,6 +444,7 @@ def register_config(register):
             modes=("tokenize", "pre-train", "fine-tune", "predict", "interpret"),
             tokenizer=KIND,
             fixed_length=False,
+            max_blocksize=1 << 16,  # genes read per cell: more than any transcriptome has
         )
     )
 

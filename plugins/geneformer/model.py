@@ -595,8 +595,9 @@ class GeneRankTokenizer:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json())
+        from biolm.core.hookspecs import write_text
+
+        write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GeneRankTokenizer:

@@ -60,6 +60,7 @@ def register_config(register):
             training_defaults=dict(lr=1e-3, weightdecay=1e-4, batchsize=32, blocksize=1024, optimizer="adamw"),
             modes=("tokenize", "fine-tune", "predict", "interpret"),
             fixed_length=True,
+            max_blocksize=1 << 17,  # its first layer's weights grow with the input length
         )
     )
 

@@ -81,6 +81,7 @@ def register_config(register):
             training_defaults=dict(batchsize=64, blocksize=512),
             modes=("tokenize", "fine-tune", "predict", "interpret"),
             fixed_length=True,
+            max_blocksize=1 << 16,  # blocksize x channels input features, each a column of every component
         )
     )
 

@@ -90,6 +90,7 @@ def register_config(register):
             training_defaults=dict(lr=1e-2, weightdecay=0.0, batchsize=64, blocksize=256, optimizer="adam", clipnorm=None),
             modes=("tokenize", "fine-tune", "predict", "interpret"),
             fixed_length=True,
+            max_blocksize=1 << 20,
         )
     )
 

@@ -1287,8 +1287,9 @@ def to_json(
             "monomer": [matrix.tolist()],
         }
     if path is not None:
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1)
+        from biolm.core.hookspecs import write_text
+
+        write_text(path, json.dumps(doc, indent=1))
     return doc
 
 
@@ -1349,8 +1350,9 @@ def to_meme(
         lines.append("")
     text = "\n".join(lines)
     if path is not None:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        from biolm.core.hookspecs import write_text
+
+        write_text(path, text)
     return text
 
 
@@ -1436,7 +1438,10 @@ def plot_logo(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(os.fspath(path))
+    from biolm.core.hookspecs import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=os.path.splitext(os.fspath(path))[1][1:] or "png")
     return os.fspath(path)
 
 

@@ -55,6 +55,7 @@ def register_config(register):
             modes=("tokenize", "fine-tune", "predict", "interpret"),
             fixed_length=True,
             min_blocksize=1,
+            max_blocksize=1 << 17,  # 131,072 nt: longer than any mRNA; the paper reads 12,288
         )
     )
 
