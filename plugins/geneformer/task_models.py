@@ -24,7 +24,7 @@ from biolm.core.hookspecs import ConfigError, DataError, read_json
 
 from .bert import GeneformerClassifier, GeneformerConfig, GeneformerMLM
 from .dictionary_tokenizer import DictionaryTokenizer
-from .embeddings import embedding_mode, hidden_layer_index, pool_cells
+from .embeddings import cell_embeddings, embedding_mode, hidden_layer_index
 from .tokenizer_hooks import GenerankTokenizer
 from .weights_import import find_weight_file, load_hf_bert_weights, load_into
 
@@ -63,7 +63,8 @@ class GeneformerFinetuneModel(GeneformerClassifier):
 
     def __init__(self, config: GeneformerConfig, num_outputs: int, pooling: str, head_dropout: float | None, emb_layer: int, emb_mode: str, geneformer_vocab: bool) -> None:
         super().__init__(config, num_outputs, pooling, head_dropout)
-        self.emb_index = hidden_layer_index(emb_layer, config.num_hidden_layers)
+        self.emb_layer = int(emb_layer)
+        self.emb_index = hidden_layer_index(self.emb_layer, config.num_hidden_layers)
         self.emb_mode = embedding_mode(config, emb_mode)
         self.geneformer_vocab = bool(geneformer_vocab)
 
@@ -73,9 +74,7 @@ class GeneformerFinetuneModel(GeneformerClassifier):
 
     def embed(self, batch: dict):  # type: ignore[override]
         """``(B, H)`` Geneformer cell embeddings (``emb_layer``, ``emb_mode``)."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        hidden = self.bert(ids, mask, num_layers=self.emb_index).last_hidden_state
-        return pool_cells(hidden, ids, mask, self.config, self.emb_mode)
+        return cell_embeddings(self.bert, batch["input_ids"], batch["attention_mask"], self.emb_layer, self.emb_mode)
 
     def outputs_and_hidden(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass: ``(B, n_outputs)`` outputs and ``(B, T, H)`` hidden states at the
