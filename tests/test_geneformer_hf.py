@@ -635,3 +635,26 @@ def test_in_silico_deletion_matches_geneformer(ref, tokenized, v):
         cos, per_position = cosine_shifts(h_base[0], int(base["attention_mask"].sum()), h_pert, removed, model.emb_mode)
         assert abs(float(cos[0]) - float(z["isp_cos_sim"][j])) <= ATOL_COS
         assert _max_diff(per_position[0].numpy(), z["isp_gene_cos_sims"][j, :n_p]) <= ATOL_COS
+
+
+def test_pretraining_masks_genes_only_with_v2_tokens(tokenized):
+    """Masked-gene pre-training on Geneformer's V2 tokens: <cls>/<eos>/<pad> are never selected and
+    random replacements are genes (ids >= 4), never special tokens."""
+    from biolm.plugins.geneformer.bert import gene_positions
+    from biolm.plugins.geneformer.pretraining import mlm_mask, pretrain_loss
+    from biolm.plugins.geneformer.task_models import GeneformerPretrainModel
+
+    tok, records = tokenized["v2"]
+    inp = _batch(tok, [r.ids for r in records])
+    model = GeneformerPretrainModel(_model("v2")[0].config, mlm_probability=0.5)
+    cfg = model.config
+    assert cfg.first_gene_id == 4
+    ids, mask = inp["input_ids"], inp["attention_mask"]
+    masked, labels = mlm_mask(ids, gene_positions(cfg, ids, mask), cfg.vocab_size, 0.5, generator=torch.Generator().manual_seed(0), first_gene_id=cfg.first_gene_id, mask_token_id=cfg.mask_token_id)
+    scored = labels != -100
+    assert scored.sum() > 100 and not scored[:, 0].any() and not scored[ids == 3].any() and not scored[~mask].any()
+    changed = scored & (masked != ids) & (masked != cfg.mask_token_id)
+    assert changed.any() and (masked[changed] >= 4).all()
+    loss, n = pretrain_loss(model, inp, torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss) and 0 < int(n) <= int(gene_positions(cfg, ids, mask).sum())
+

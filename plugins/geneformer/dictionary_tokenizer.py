@@ -44,7 +44,7 @@ import numpy as np
 
 from biolm.core.hookspecs import DataError, H5adReader, write_text
 
-from .gene_dictionaries import SPECIAL_TOKENS, GeneformerDictionaries
+from .gene_dictionaries import SPECIAL_TOKENS, GeneformerDictionaries, TokenIds
 
 __all__ = ["TARGET_SUM", "GenePlan", "TokenizedCell", "TokenizationReport", "DictionaryTokenizer"]
 
@@ -155,7 +155,7 @@ def _note(names: list[str], name: str) -> None:
         names.append(name)
 
 
-class DictionaryTokenizer:
+class DictionaryTokenizer(TokenIds):
     """Geneformer's tokenizer for one release's dictionaries; the tokenizer biolm's core sees for
     published checkpoints (``vocab``, ``n_channels``, ``n_modifiers``, ``sha``, ``save``).
 
@@ -189,9 +189,7 @@ class DictionaryTokenizer:
         self.ensembl_column = ensembl_column
         self.counts_column = counts_column
         self._genes = genes
-        self.vocab: list[str] = [""] * (max(self.token_dict.values()) + 1)
-        for name, tok in self.token_dict.items():
-            self.vocab[tok] = name
+        self.vocab: list[str] = self.vocabulary()
         self.n_channels = len(self.vocab)
         self.n_modifiers = 0
         self._sha: str | None = None
@@ -199,32 +197,11 @@ class DictionaryTokenizer:
     @classmethod
     def from_dictionaries(cls, d: GeneformerDictionaries, ensembl_column: str = "ensembl_id", counts_column: str = "n_counts") -> DictionaryTokenizer:
         for g in d.token_dict:
-            if g not in SPECIAL_TOKENS:
-                d.gene_median(g) if g in d.median_dict else None  # a present median must be finite and > 0
+            if g not in SPECIAL_TOKENS and g in d.median_dict:
+                d.gene_median(g)  # raises for a median that is not finite and > 0
         return cls(d.token_dict, d.median_dict, d.mapping_dict, d.version, ensembl_column, counts_column)
 
     # ------------------------------------------------------------------ tokens
-    @property
-    def pad_token_id(self) -> int:
-        return self.token_dict["<pad>"]
-
-    @property
-    def mask_token_id(self) -> int | None:
-        return self.token_dict.get("<mask>")
-
-    @property
-    def cls_token_id(self) -> int | None:
-        return self.token_dict.get("<cls>") if self.special_tokens else None
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.token_dict.get("<eos>") if self.special_tokens else None
-
-    @property
-    def special_tokens(self) -> bool:
-        """``<cls>`` and ``<eos>`` frame every cell (both in the vocabulary: Geneformer V2)."""
-        return "<cls>" in self.token_dict and "<eos>" in self.token_dict
-
     def genes_read(self, input_size: int) -> int:
         """Gene tokens of an input of ``input_size`` tokens (V2: 2 fewer for ``<cls>``/``<eos>``)."""
         return input_size - 2 if self.special_tokens else input_size
@@ -375,7 +352,7 @@ class H5adCells:
         elif col in r.var_columns:
             ids, where = r.var_column(col), f"var column '{col}'"
         else:
-            raise DataError(path, f"no var column '{col}' of Ensembl ids (var columns: {', '.join(r.var_columns) or 'none'}); set model.ensemblcolumn (index = the var index)")
+            raise DataError(path, f"no var column '{col}' (where the tokenizer reads Ensembl ids; var columns: {', '.join(r.var_columns) or 'none'}); add it, or learn the tokenizer with model.ensemblcolumn naming the right one ('index' = the var index)")
         self.plan = tok.gene_plan(ids)
         if self.plan.n_slots == 0:
             raise DataError(path, f"none of the {r.n_vars} genes of the {where} is in the Geneformer vocabulary (e.g. {', '.join(self.plan.dropped_examples[:5])}); Ensembl ids are needed")

@@ -35,6 +35,7 @@ from biolm.core.hookspecs import DataError, load_plain_pickle
 __all__ = [
     "VERSION_SUFFIX",
     "SPECIAL_TOKENS",
+    "TokenIds",
     "GeneformerDictionaries",
     "dictionary_paths",
     "load_dictionaries",
@@ -53,8 +54,48 @@ _STEMS = {
 _V1_SUBFOLDER = "gene_dictionaries_30m"
 
 
+class TokenIds:
+    """Special token ids and vocabulary of a Geneformer token dictionary (``self.token_dict``:
+    name -> id); shared by the loaded dictionaries and the tokenizer built from them."""
+
+    token_dict: dict[str, int]
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.token_dict["<pad>"]
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self.token_dict.get("<mask>")
+
+    @property
+    def special_tokens(self) -> bool:
+        """``<cls>`` and ``<eos>`` are both in the vocabulary: they frame every cell (Geneformer V2)."""
+        return "<cls>" in self.token_dict and "<eos>" in self.token_dict
+
+    @property
+    def cls_token_id(self) -> int | None:
+        return self.token_dict["<cls>"] if self.special_tokens else None
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.token_dict["<eos>"] if self.special_tokens else None
+
+    @property
+    def vocab_size(self) -> int:
+        """``max token id + 1`` (the model's embedding rows needed)."""
+        return max(self.token_dict.values()) + 1
+
+    def vocabulary(self) -> list[str]:
+        """Names indexed by token id (``vocabulary()[token] == name``; unused ids are ``""``)."""
+        out = [""] * self.vocab_size
+        for name, tok in self.token_dict.items():
+            out[tok] = name
+        return out
+
+
 @dataclass
-class GeneformerDictionaries:
+class GeneformerDictionaries(TokenIds):
     """The loaded dictionaries of one Geneformer generation.
 
     Attributes
@@ -103,37 +144,6 @@ class GeneformerDictionaries:
             ):
                 raise DataError(self.paths.get(role, f"{role} dictionary"), f"the {role} dictionary must map strings to strings")
 
-    # ------------------------------------------------------------------ tokens
-    @property
-    def pad_token_id(self) -> int:
-        return self.token_dict["<pad>"]
-
-    @property
-    def mask_token_id(self) -> int | None:
-        return self.token_dict.get("<mask>")
-
-    @property
-    def cls_token_id(self) -> int | None:
-        return self.token_dict.get("<cls>")
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.token_dict.get("<eos>")
-
-    @property
-    def special_tokens(self) -> bool:
-        """``<cls>`` and ``<eos>`` are both in the vocabulary (Geneformer V2)."""
-        return self.cls_token_id is not None and self.eos_token_id is not None
-
-    @property
-    def special_token_ids(self) -> frozenset[int]:
-        return frozenset(self.token_dict[t] for t in SPECIAL_TOKENS if t in self.token_dict)
-
-    @property
-    def vocab_size(self) -> int:
-        """``max token id + 1`` (the model's embedding rows needed)."""
-        return max(self.token_dict.values()) + 1
-
     def gene_median(self, ensembl_id: str) -> float:
         """The median of a vocabulary gene.
 
@@ -150,30 +160,6 @@ class GeneformerDictionaries:
         if not (math.isfinite(value) and value > 0):
             raise DataError(where, f"median of {ensembl_id} is {value!r}; it must be finite and > 0")
         return value
-
-    def vocabulary(self) -> list[str]:
-        """Names indexed by token id (``vocabulary()[token] == name``; unused ids are ``""``)."""
-        out = [""] * self.vocab_size
-        for name, tok in self.token_dict.items():
-            out[tok] = name
-        return out
-
-    def check_model(self, vocab_size: int, pad_token_id: int, source: str) -> None:
-        """Check that a model (``config.json``) can read these tokens.
-
-        Raises
-        ------
-        DataError
-            If a token id is outside the model's embedding table or the PAD ids differ.
-        """
-        if self.vocab_size > vocab_size:
-            raise DataError(
-                source,
-                f"vocab_size {vocab_size} is smaller than the token dictionary needs ({self.vocab_size}, "
-                f"{self.paths.get('token', '')}); are the dictionaries of another Geneformer version?",
-            )
-        if pad_token_id != self.pad_token_id:
-            raise DataError(source, f"pad_token_id {pad_token_id} differs from the token dictionary's <pad> = {self.pad_token_id}")
 
 
 def dictionary_paths(folder: str | os.PathLike, version: str) -> dict[str, str]:
