@@ -178,6 +178,8 @@ class DictionaryTokenizer(TokenIds):
         obs column with library sizes (computed from the matrix when the file lacks it).
     """
 
+    positional = False  # a cell is a set of genes (in rank order): plots show the top genes
+
     def __init__(self, token_dict: dict[str, int], medians: dict[str, float], mapping: dict[str, str] | None = None, version: str = "custom", ensembl_column: str = "ensembl_id", counts_column: str = "n_counts") -> None:
         self.token_dict = dict(token_dict)
         genes = {k: v for k, v in self.token_dict.items() if k not in SPECIAL_TOKENS}
