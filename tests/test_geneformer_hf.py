@@ -9,8 +9,9 @@ tokens exact, hidden states and embeddings 1e-5, logits 5e-5, cosine similaritie
 The path under test is the one ``biolm geneformer fine-tune/predict/interpret`` takes: the
 ``generank`` tokenizer hooks (fit with ``model: pretrained``, encode, make_input), the model built
 by ``ModelSpec.build`` and started by ``load_pretrained``, its ``embed``, core's ``remove``
-perturbation and the plugin's deletion cosine. Also: the restricted unpickler refuses malicious
-pickles, and damaged weight files and configs fail with one clean line.
+perturbation and the plugin's deletion cosine. Also: a malicious dictionary is refused, damaged
+weight files and unsupported configs fail with one clean line (every kind of file damage:
+tests/test_weight_files.py).
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pickle
 import shutil
-import struct
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +32,9 @@ from biolm.core.errors import BiolmError, DataError, FileFormatError
 from biolm.core.h5ad import write_h5ad
 from biolm.core.hookspecs import Encoding, ModelInfo
 from biolm.core.perturb import perturb
-from biolm.core.safe_pickle import UnsafePickleError, load_plain_pickle, loads_plain_pickle
+from biolm.core.safe_pickle import UnsafePickleError
 from biolm.core.schema import InferenceSource
-from biolm.core.weight_files import SafetensorsFile, read_safetensors, read_torch_state_dict, write_safetensors
+from biolm.core.weight_files import read_safetensors, write_safetensors
 from biolm.plugins.geneformer import GeneformerSchema
 from biolm.plugins.geneformer.bert import GeneformerEncoder, GeneformerMLM
 from biolm.plugins.geneformer.checkpoint_config import read_checkpoint_config
@@ -46,6 +44,7 @@ from biolm.plugins.geneformer.gene_dictionaries import GeneformerDictionaries, d
 from biolm.plugins.geneformer.task_models import build, load_pretrained
 from biolm.plugins.geneformer.tokenizer_hooks import encode, fit, load, make_input
 from biolm.plugins.geneformer.weights_import import load_checkpoint
+from test_weight_files import Evil, damaged_bin, damaged_safetensors
 
 FIX = Path(__file__).parent / "fixtures" / "geneformer_hf"
 DATA = FIX / "data" / "cells.h5ad"
@@ -123,51 +122,13 @@ def _max_diff(a, b, mask=None) -> float:
     return float((d[mask] if mask is not None else d).max())
 
 
-# ============================================================================ safe pickle
-def test_dictionaries_load_through_restricted_unpickler():
-    for p in sorted(FIX.glob("geneformer_dicts/**/*.pkl")):
-        with open(p, "rb") as fh:
-            trusted = pickle.load(fh)  # our own fixture; compare the restricted result with it
-        got = load_plain_pickle(p)
-        assert got == trusted
-        assert all(type(k) is str for k in got)  # numpy.str_ keys became str
-
-
-class _Evil:
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.target}",))
-
-
-class _EvilPopen:
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (subprocess.Popen, (["touch", self.target],))
-
-
-@pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
-def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, protocol):
-    sentinel = tmp_path / "pwned"
-    for evil in (_Evil(str(sentinel)), _EvilPopen(str(sentinel))):
-        path = tmp_path / "token_dictionary_gc104M.pkl"
-        path.write_bytes(pickle.dumps({"<pad>": 0, "ENSG1": evil}, protocol=protocol))
-        with pytest.raises(UnsafePickleError) as ei:
-            load_plain_pickle(path)
-        msg = _one_line_error(ei.value)
-        assert str(path) in msg and "refused" in msg and ("system" in msg or "Popen" in msg)
-    assert not sentinel.exists()
-
-
+# ============================================================================ dictionaries
 def test_malicious_dictionary_is_refused_by_the_tokenizer(tmp_path):
     """A tampered median dictionary in a release folder: tokenize stops with one line, nothing runs."""
     shutil.copytree(FIX / "geneformer_dicts", tmp_path / "d")
     sentinel = tmp_path / "pwned"
     target = tmp_path / "d" / "gene_median_dictionary_gc104M.pkl"
-    target.write_bytes(pickle.dumps({"ENSG1": _Evil(str(sentinel))}))
+    target.write_bytes(pickle.dumps({"ENSG1": Evil(str(sentinel))}))
     cfg = _cfg("v2")
     cfg.model.dictionaries = str(tmp_path / "d")
     with pytest.raises(UnsafePickleError) as ei:
@@ -176,24 +137,7 @@ def test_malicious_dictionary_is_refused_by_the_tokenizer(tmp_path):
     assert not sentinel.exists()
 
 
-def test_pickle_refuses_arrays_and_odd_dtypes():
-    for obj in (np.zeros(3), np.datetime64("2020-01-01"), np.void(b"ab")):
-        with pytest.raises(UnsafePickleError):
-            loads_plain_pickle(pickle.dumps(obj))
-    plain = {"a": np.float64(1.5), np.str_("b"): [np.int64(2), {1}, b"x", None, True, (1.0,)]}
-    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
-        got = loads_plain_pickle(pickle.dumps(plain, protocol=protocol))
-        assert got == plain and type(got["a"]) is float and type(next(iter(got))) is str
 
-
-@pytest.mark.parametrize("data", [b"", b"not a pickle at all", pickle.dumps({"a": 1})[:-4]])
-def test_garbage_pickle_is_a_clean_error(data):
-    with pytest.raises(FileFormatError) as ei:
-        loads_plain_pickle(data, "x.pkl")
-    assert _one_line_error(ei.value).startswith("not a pickle file: x.pkl (")
-
-
-# ============================================================================ dictionaries
 def test_dictionary_discovery_and_version_choice(tmp_path):
     d1, d2 = (load_dictionaries(FIX / "geneformer_dicts", V) for V in ("V1", "V2"))
     assert d1.version == "V1" and not d1.special_tokens
@@ -223,7 +167,7 @@ def test_dictionary_discovery_and_version_choice(tmp_path):
 
 # ============================================================================ tokenizer
 @pytest.mark.parametrize("v", VERSIONS)
-def test_token_ids_match_geneformer(ref, tokenized, v):
+def test_token_ids_match_geneformer(ref, tokenized, v, tmp_path):
     """Tokens through fit -> encode -> (store) -> make_input equal Geneformer's input_ids."""
     z = ref[v]
     tok, records = tokenized[v]
@@ -238,9 +182,11 @@ def test_token_ids_match_geneformer(ref, tokenized, v):
         assert all(row[0] == 2 and row[n - 1] == 3 for row, n in zip(ids, z["lengths"]))
     # the stored genes are the model input without <cls>/<eos>, and nothing more (no next gene)
     assert max(len(r.ids) for r in records) == tok.genes_read(SIZE) == (62 if v == "v2" else 64)
-    # a tokenizer.json round trip changes nothing
-    tok2 = DictionaryTokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
-    assert tok2.sha() == tok.sha() and tok2.vocab == tok.vocab
+    # tokenizer.json holds the whole tokenizer: loaded back, it is the same
+    tok.save(tmp_path / "tokenizer.json")
+    tok2 = load(tmp_path / "tokenizer.json")
+    assert isinstance(tok2, DictionaryTokenizer) and tok2.sha() == tok.sha() and tok2.vocab == tok.vocab
+    assert _batch(tok2, [r.ids for r in records])["input_ids"].equal(inp["input_ids"])
 
 
 @pytest.mark.parametrize("v", VERSIONS)
@@ -483,92 +429,18 @@ def test_no_weight_file(tmp_path):
         load_checkpoint(folder)
 
 
-# ============================================================================ damaged weight files
-def _header(entries) -> bytes:
-    raw = json.dumps(entries).encode()
-    return struct.pack("<Q", len(raw)) + raw
-
-
-@pytest.mark.parametrize(
-    "make, reason",
-    [
-        (lambda good: good[: len(good) // 2], "truncated"),
-        (lambda good: good[:-1], "truncated"),
-        (lambda good: good + b"\0" * 8, "bytes after the last tensor"),
-        (lambda good: b"", "too short"),
-        (lambda good: b"\x00" * 3, "too short"),
-        (lambda good: os.urandom(4096), "header length"),
-        (lambda good: struct.pack("<Q", 10) + b"\xff" * 10 + b"\0" * 8, "not UTF-8 JSON"),
-        (lambda good: _header([1, 2]), "not an object"),
-        (lambda good: _header({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}) + b"\0" * 4, "needs 8 bytes"),
-        (lambda good: _header({"w": {"dtype": "F4", "shape": [1], "data_offsets": [0, 4]}}) + b"\0" * 4, "unsupported dtype"),
-        (lambda good: _header({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}) + b"\0" * 4, "invalid shape"),
-        (lambda good: _header({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}) + b"\0" * 8, "overlaps"),
-    ],
-)
-def test_damaged_safetensors_is_a_clean_error(tmp_path, make, reason):
-    folder = _model_folder(tmp_path)
-    path = folder / "model.safetensors"
-    path.write_bytes(make(path.read_bytes()))
-    with pytest.raises(FileFormatError) as ei:
-        load_checkpoint(folder)
-    msg = _one_line_error(ei.value)
-    assert msg.startswith(f"not a safetensors file: {path} (") and reason in msg, msg
-
-
-def _torch_bytes(obj) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-@pytest.mark.parametrize(
-    "make, reason",
-    [
-        (lambda good, tmp: good[: len(good) // 2], "failed reading zip archive"),
-        (lambda good, tmp: b"", "empty file"),
-        (lambda good, tmp: b"garbage garbage garbage", "neither a zip archive nor a pickle"),
-        (lambda good, tmp: pickle.dumps([1, 2]), "weights-only"),
-        (lambda good, tmp: _torch_bytes([torch.zeros(2)]), "not a dict of tensors"),
-        (lambda good, tmp: _torch_bytes({"a": _Evil(str(tmp / "pwned"))}), "posix.system"),
-    ],
-)
-def test_damaged_bin_is_a_clean_error(tmp_path, make, reason):
-    folder = _model_folder(tmp_path, "v1_like_bin")
-    path = folder / "pytorch_model.bin"
-    path.write_bytes(make(path.read_bytes(), tmp_path))
-    with pytest.raises(FileFormatError) as ei:
-        load_checkpoint(folder)
-    msg = _one_line_error(ei.value)
-    assert msg.startswith(f"not a PyTorch state-dict file: {path} (") and reason in msg, msg
+def test_damaged_weight_files_stop_the_import_in_one_line(tmp_path):
+    """The core readers' one-line errors reach the user unchanged through the checkpoint import
+    (every kind of damage: tests/test_weight_files.py)."""
+    for src, name, damage, what in (("v2_like_safetensors", "model.safetensors", damaged_safetensors, "safetensors"), ("v1_like_bin", "pytorch_model.bin", damaged_bin, "PyTorch state-dict")):
+        folder = tmp_path / src
+        shutil.copytree(FIX / "checkpoints" / src, folder)
+        path = folder / name
+        path.write_bytes(damage(path.read_bytes(), tmp_path))
+        with pytest.raises(FileFormatError) as ei:
+            load_checkpoint(folder)
+        assert _one_line_error(ei.value).startswith(f"not a {what} file: {path} (")
     assert not (tmp_path / "pwned").exists()
-
-
-def test_safetensors_dtypes_round_trip(tmp_path):
-    tensors = {
-        "f32": torch.randn(3, 4),
-        "f16": torch.randn(5).half(),
-        "bf16": torch.randn(2, 2).bfloat16(),
-        "f64": torch.randn(2).double(),
-        "i64": torch.arange(6).reshape(2, 3),
-        "i32": torch.arange(3, dtype=torch.int32),
-        "u8": torch.arange(4, dtype=torch.uint8),
-        "bool": torch.tensor([True, False]),
-        "empty": torch.zeros(0, 3),
-        "scalar": torch.tensor(2.5),
-    }
-    p = tmp_path / "t.safetensors"
-    write_safetensors(p, tensors, {"format": "pt"})
-    f = SafetensorsFile(p)
-    assert f.metadata == {"format": "pt"} and sorted(f.keys()) == sorted(tensors)
-    for k, t in tensors.items():
-        got = f.get(k)
-        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), k
-    # the reference writer's files load too (the fixture was written by transformers)
-    assert len(read_safetensors(_ckpt("v1") / "model.safetensors")) == 42
-    assert len(read_torch_state_dict(_ckpt("v1", "bin") / "pytorch_model.bin")) == 44
 
 
 # ============================================================================ embeddings
