@@ -1,7 +1,7 @@
 """A published Geneformer checkpoint through the ``biolm`` command: fine-tune from the tiny V2
 fixture checkpoint, predict with Geneformer's embeddings and interpret with Geneformer's deletion,
-after the checkpoint folder is gone (a fine-tuned model brings everything it needs); and the
-example configs ``exampleconfigs/geneformer/pretrained_*.yaml`` run as their header says.
+after the checkpoint folder is gone (a fine-tuned model brings everything it needs). The example
+configs are run in tests/test_geneformer_examples.py.
 
 Fine-tuning runs one epoch at learning rate 0, so the encoder stays the checkpoint's and predict's
 embeddings must equal the ``transformers`` reference of the fixtures.
@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -30,7 +26,6 @@ from biolm.core.plugins import get_registry
 from biolm.plugins.geneformer.deletion import cosine_shifts
 from biolm.plugins.geneformer.tokenizer_hooks import make_input
 
-ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).parent / "fixtures" / "geneformer_hf"
 ATOL = 1e-5
 
@@ -43,12 +38,6 @@ def _biolm(*args: str) -> None:
 
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output[-3000:]
-
-
-def _biolm_process(*args: str) -> None:
-    """``python -m biolm ARGS`` from the repository root, as a user runs it."""
-    p = subprocess.run([sys.executable, "-m", "biolm", *args], capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -141,25 +130,3 @@ def test_interpret_reports_loo_and_geneformer_shift(v2):
             assert float(mine[j]["loo"]) == pytest.approx(loo, abs=1e-5)
     sims = np.array([float(r["geneformer_cos_sim"]) for r in rows])
     assert np.all(sims <= 1 + 1e-6) and (1 - sims).max() > 1e-3 and len(set(sims)) > len(sims) // 2
-
-
-def _commands(config: Path) -> list[list[str]]:
-    """The ``biolm ...`` lines of an example config's header comment."""
-    lines = [ln.strip("# ").strip() for ln in config.read_text().splitlines() if ln.startswith("#")]
-    return [ln.split()[1:] for ln in lines if re.match(r"biolm geneformer \S+ ", ln)]
-
-
-@pytest.mark.slow
-def test_pretrained_example_configs_run_as_documented(tmp_path):
-    """The exact commands at the top of pretrained_fine-tune.yaml (from the repository root), in a
-    temporary output folder and with 2 epochs: fine-tune, predict with embeddings, interpret."""
-    commands = _commands(ROOT / "exampleconfigs/geneformer/pretrained_fine-tune.yaml")
-    assert [c[1] for c in commands] == ["fine-tune", "predict", "interpret"]
-    out = tmp_path / "out"
-    for c in commands:
-        extra = ["--outputpath", str(out)] + (["--nepochs", "2"] if c[1] == "fine-tune" else ["--pretrainedmodel", str(out / "fine-tune")])
-        _biolm_process("--quiet", *c, *extra)
-    with h5py.File(out / "predict" / "embeddings.h5") as f:
-        assert f["fold_0"].shape == (80, 64)
-    rows = _rows(out / "interpret" / "loo_scores_remove.csv")
-    assert "geneformer_cos_sim" in rows[0] and len({r["sequence"] for r in rows}) == 80
