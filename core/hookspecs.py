@@ -31,7 +31,8 @@ This module is versioned by :data:`BIOLM_PLUGIN_API`; a plugin may check it and 
 against an API it does not know. Version 2 (this one): ``ModelInfo`` moved here; model
 capabilities are ``ModelSpec`` fields (``embed``, ``load_pretrained``, ``penalty``,
 ``architecture``) instead of methods looked up on the model; ``TokenizerSpec.encode`` and
-``make_input`` receive an :class:`Encoding` instead of the whole config.
+``make_input`` receive an :class:`Encoding` instead of the whole config. Added since, without
+breaking version 2: ``ModelSpec.pretrained_weights`` and ``ModelSpec.perturbation_scores``.
 """
 
 from __future__ import annotations

@@ -163,6 +163,19 @@ def test_dictionary_discovery_and_version_choice(tmp_path):
     bad.model.dictionaries = str(FIX / "geneformer_dicts" / "gene_dictionaries_30m")
     with pytest.raises(DataError, match="another Geneformer version"):
         fit(InferenceSource(filepath=str(DATA)), bad, LOG)
+    # without model.dictionaries they are looked for beside the checkpoint (not there here)
+    from biolm.core.errors import ConfigError
+
+    alone = _cfg("v2")
+    alone.model.dictionaries = None
+    with pytest.raises(ConfigError, match="model.dictionaries: no Geneformer dictionaries .* set it to the folder"):
+        fit(InferenceSource(filepath=str(DATA)), alone, LOG)
+    (tmp_path / "geneformer").mkdir()
+    for p in (FIX / "geneformer_dicts").glob("*_gc104M.pkl"):
+        shutil.copy(p, tmp_path / "geneformer")
+    alone.model.pretrained = str(folder)  # tmp_path/model, beside tmp_path/geneformer
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert fit(InferenceSource(filepath=str(DATA)), alone, LOG).version == "V2"
 
 
 # ============================================================================ tokenizer
@@ -463,6 +476,31 @@ def test_cell_embeddings_match_geneformer(ref, tokenized, v, fmt):
     with torch.no_grad():
         emb = default.embed(_batch(tok, [r.ids for r in records]))
     assert _max_diff(emb.numpy(), z["cell_emb_cls_layer_m1" if v == "v2" else "cell_emb_mean_layer_m1"]) <= ATOL_HIDDEN
+
+
+def test_the_checkpoint_bounds_the_input_length_and_its_uses():
+    """blocksize may not exceed the checkpoint's positions; pre-train does not start from a
+    checkpoint; a tokenizer fitted on the data cannot feed it."""
+    from biolm.core.errors import ConfigError
+    from biolm.plugins.geneformer.fitted_tokenizer import GeneRankTokenizer
+    from biolm.plugins.geneformer.tokenizer_hooks import GenerankTokenizer
+
+    cfg = _cfg("v2")
+    tok = fit(InferenceSource(filepath=str(DATA)), cfg, LOG)
+
+    def info(task="classification", blocksize=SIZE, tokenizer=tok):
+        return ModelInfo(task=task, n_outputs=3, in_channels=len(tokenizer.vocab), blocksize=blocksize, tokenizer=tokenizer)
+
+    assert build(cfg.model, info(blocksize=32)).config.max_position_embeddings == 64  # the checkpoint's
+    with pytest.raises(ConfigError, match="settings.training.blocksize: 65 exceeds the 64 positions"):
+        build(cfg.model, info(blocksize=65))
+    with pytest.raises(ConfigError, match="model.pretrained: pre-train starts from random weights"):
+        build(cfg.model, info(task="pre-train"))
+    fitted = GenerankTokenizer(GeneRankTokenizer(["a", "b", "c"], np.ones(3, np.float32)))
+    with pytest.raises(ConfigError, match="fitted on your data: re-run tokenize"):
+        build(cfg.model, info(tokenizer=fitted))
+    scratch = build(GeneformerSchema(dictionaries=cfg.model.dictionaries, hidden_size=32, num_attention_heads=2), info(blocksize=16))
+    assert (scratch.config.max_position_embeddings, scratch.config.vocab_size, scratch.config.cls_token_id) == (16, 124, 2)
 
 
 def test_embedding_options_are_checked():

@@ -29,6 +29,7 @@ from .tokenizer_hooks import GenerankTokenizer
 from .weights_import import find_weight_file, load_hf_bert_weights, load_into
 
 _ARCHITECTURE_KEYS = {f.name for f in dataclasses.fields(GeneformerConfig)}
+_HEAD_KEYS = ("pooling", "head_dropout", "emb_layer", "emb_mode")  # model: keys of the fine-tune model itself
 
 
 class GeneformerPretrainModel(GeneformerMLM):
@@ -52,16 +53,18 @@ class GeneformerFinetuneModel(GeneformerClassifier):
 
     Parameters
     ----------
-    config, num_outputs, pooling, head_dropout
+    config, num_outputs
         As :class:`GeneformerClassifier`.
-    emb_layer, emb_mode
-        Geneformer's embedding layer and pooling for :meth:`embed` and the deletion shift.
     geneformer_vocab
         Inputs are tokenized with Geneformer's dictionaries (deletions then get Geneformer's
         cosine shift).
+    pooling, head_dropout
+        As :class:`GeneformerClassifier`.
+    emb_layer, emb_mode
+        Geneformer's embedding layer and pooling for :meth:`embed` and the deletion shift.
     """
 
-    def __init__(self, config: GeneformerConfig, num_outputs: int, pooling: str, head_dropout: float | None, emb_layer: int, emb_mode: str, geneformer_vocab: bool) -> None:
+    def __init__(self, config: GeneformerConfig, num_outputs: int, geneformer_vocab: bool, pooling: str = "mean", head_dropout: float | None = None, emb_layer: int = -1, emb_mode: str = "auto") -> None:
         super().__init__(config, num_outputs, pooling, head_dropout)
         self.emb_layer = int(emb_layer)
         self.emb_index = hidden_layer_index(self.emb_layer, config.num_hidden_layers)
@@ -99,8 +102,9 @@ def build(model_cfg: Any, info: Any) -> GeneformerPretrainModel | GeneformerFine
         cfg = _new_config(model_cfg, info, tok, dictionary)
     if info.task == "pre-train":
         return GeneformerPretrainModel(cfg, info.extra.get("mlmprobability", 0.15))
+    head = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k in _HEAD_KEYS}
     try:
-        model = GeneformerFinetuneModel(cfg, max(1, int(info.n_outputs)), model_cfg.pooling, model_cfg.head_dropout, model_cfg.emb_layer, model_cfg.emb_mode, dictionary)
+        model = GeneformerFinetuneModel(cfg, max(1, int(info.n_outputs)), dictionary, **head)
     except ValueError as exc:
         key = "model.emb_layer" if "emb_layer" in str(exc) else "model.emb_mode"
         raise ConfigError(key, str(exc)) from None
