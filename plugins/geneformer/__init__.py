@@ -34,15 +34,16 @@ from typing import Any, Callable
 from biolm.core.hookspecs import ModelSpec, PluginConfig, TokenizerSpec, hookimpl, opt, parsers
 
 TRAIN = {"pre-train", "fine-tune"}
+TOKENIZER = {"tokenize", "pre-train", "fine-tune"}  # the modes that may learn the tokenizer
 KIND = "generank"
 
 
 @dataclass
 class GeneformerSchema:
-    pretrained: str | None = opt(None, "fine-tune from a published Geneformer checkpoint: its folder (config.json + model.safetensors or pytorch_model.bin). Its config.json gives the architecture (the size keys below are then ignored) and its positions bound settings.training.blocksize; cells are tokenized with its gene dictionaries.", parse=parsers.PATH, modes={"fine-tune"})
-    dictionaries: str | None = opt(None, "Folder of Geneformer's gene dictionaries (token_dictionary_gc104M.pkl, gene_median_dictionary_gc104M.pkl, ensembl_mapping_dict_gc104M.pkl; V1: gene_dictionaries_30m/); set: Geneformer's own tokenization instead of medians fitted on the data. Unset with pretrained: looked for in the checkpoint folder, ../geneformer and .. beside it. Read when the tokenizer is learned.", parse=parsers.PATH, modes=TRAIN)
-    ensemblcolumn: str = opt("ensembl_id", "With Geneformer's dictionaries: the var column of Ensembl ids ('index' = the var index); kept in the tokenizer, so files read later (predict) need it too.", parse=parsers.TEXT, modes=TRAIN)
-    countscolumn: str = opt("n_counts", "With Geneformer's dictionaries: the obs column of library sizes (computed from the counts when a file has none); kept in the tokenizer.", parse=parsers.TEXT, modes=TRAIN)
+    pretrained: str | None = opt(None, "fine-tune from a published Geneformer checkpoint: its folder (config.json + model.safetensors or pytorch_model.bin). Its config.json gives the architecture (the size keys below are then ignored) and its positions bound settings.training.blocksize; cells are tokenized with its gene dictionaries.", parse=parsers.PATH, modes={"tokenize", "fine-tune"})
+    dictionaries: str | None = opt(None, "Folder of Geneformer's gene dictionaries (token_dictionary_gc104M.pkl, gene_median_dictionary_gc104M.pkl, ensembl_mapping_dict_gc104M.pkl; V1: gene_dictionaries_30m/); set: Geneformer's own tokenization instead of medians fitted on the data. Unset with pretrained: looked for in the checkpoint folder, ../geneformer and .. beside it. Read when the tokenizer is learned.", parse=parsers.PATH, modes=TOKENIZER)
+    ensemblcolumn: str = opt("ensembl_id", "With Geneformer's dictionaries: the var column of Ensembl ids ('index' = the var index); kept in the tokenizer, so files read later (predict) need it too.", parse=parsers.TEXT, modes=TOKENIZER)
+    countscolumn: str = opt("n_counts", "With Geneformer's dictionaries: the obs column of library sizes (computed from the counts when a file has none); kept in the tokenizer.", parse=parsers.TEXT, modes=TOKENIZER)
     hidden_size: int = opt(256, "Width of the BERT encoder (embedding and hidden size).", minimum=1, modes=TRAIN)
     num_hidden_layers: int = opt(6, "Transformer layers.", minimum=1, modes=TRAIN)
     num_attention_heads: int = opt(4, "Attention heads per layer (must divide hidden_size).", minimum=1, modes=TRAIN)
