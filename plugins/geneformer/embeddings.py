@@ -52,14 +52,6 @@ def embedding_mode(config: GeneformerConfig, emb_mode: str) -> str:
     return emb_mode
 
 
-def pool_cells(hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GeneformerConfig, mode: str) -> torch.Tensor:
-    """``(B, T, H)`` hidden states -> ``(B, H)`` float32 cell embeddings (``mode`` ``"cls"`` or
-    ``"cell"``, see :func:`embedding_mode`)."""
-    if mode == "cls":
-        return hidden[:, 0].float()
-    return mean_pool(hidden, gene_positions(config, input_ids, attention_mask))
-
-
 def cell_embeddings(encoder: GeneformerEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, emb_layer: int = -1, emb_mode: str = "auto") -> torch.Tensor:
     """Geneformer's cell embeddings of a batch.
 
@@ -81,4 +73,6 @@ def cell_embeddings(encoder: GeneformerEncoder, input_ids: torch.Tensor, attenti
     mode = embedding_mode(cfg, emb_mode)
     index = hidden_layer_index(emb_layer, cfg.num_hidden_layers)
     hidden = encoder(input_ids, attention_mask, num_layers=index).last_hidden_state
-    return pool_cells(hidden, input_ids, attention_mask, cfg, mode)
+    if mode == "cls":
+        return hidden[:, 0].float()
+    return mean_pool(hidden, gene_positions(cfg, input_ids, attention_mask))

@@ -305,11 +305,6 @@ class LoadedCheckpoint:
     weights_path: str
     report: dict[str, list[str]]
 
-    @property
-    def encoder(self) -> GeneformerEncoder:
-        """The BERT encoder (``model.bert`` for the MLM model)."""
-        return self.model.bert if isinstance(self.model, GeneformerMLM) else self.model
-
 
 def load_into(model: Any, weights_path: str, source: WeightSource | None = None) -> dict[str, list[str]]:
     """:func:`load_hf_bert_weights` from a file, its problems as one-line :class:`DataError` s
