@@ -163,9 +163,8 @@ class ModelSpec:
     load_pretrained : ``load_pretrained(model, path) -> report`` loads pre-trained weights when
         ``fine-tune`` starts (from ``settings: training: pretrainedweights``, else from
         ``OUTPUTPATH/pre-train`` when it holds weights; never from predict's ``inference model:
-        pretrainedmodel``); the report (a string or a dict of name -> list) is logged. A
-        published checkpoint named by a plugin's own ``model:`` key is the plugin's to load in
-        ``build``.
+        pretrainedmodel``), or from the weights the plugin's own ``model:`` section names
+        (``pretrained_weights``); the report (a string or a dict of name -> list) is logged.
     penalty : ``penalty(model) -> scalar tensor`` added to the training loss (e.g. L1/L2 on
         kernels).
     architecture : ``architecture(model) -> dict`` saved in a trained model's ``config.json``
@@ -174,9 +173,9 @@ class ModelSpec:
     pretrained_weights : ``pretrained_weights(model_cfg) -> path or None``: weights named in the
         plugin's own ``model:`` section (e.g. geneformer's ``model: pretrained``, a published
         checkpoint) that ``fine-tune`` starts from through ``load_pretrained``. When it gives a
-        path, that path is used instead of the core's rule (``inference model:
-        pretrainedmodel`` naming a ``pre-train`` folder, else ``OUTPUTPATH/pre-train``);
-        ``fromscratch`` skips it like any other pre-trained weights.
+        path, that path is used instead of ``OUTPUTPATH/pre-train`` (setting ``settings:
+        training: pretrainedweights`` as well is an error); ``fromscratch`` skips it like any
+        other pre-trained weights. ``build`` reads the architecture from it when needed.
     perturbation_scores : ``perturbation_scores(model, base_input, perturbed_input, positions,
         how) -> (outputs, scores)`` for ``interpret`` by full forward passes (``remove``,
         ``activate``): ``outputs`` are the raw outputs ``(P, n_outputs)`` of ``perturbed_input``

@@ -130,3 +130,22 @@ def test_interpret_reports_loo_and_geneformer_shift(v2):
             assert float(mine[j]["loo"]) == pytest.approx(loo, abs=1e-5)
     sims = np.array([float(r["geneformer_cos_sim"]) for r in rows])
     assert np.all(sims <= 1 + 1e-6) and (1 - sims).max() > 1e-3 and len(set(sims)) > len(sims) // 2
+
+
+def test_two_starting_points_are_refused(tmp_path):
+    """model: pretrained and settings: training: pretrainedweights both name starting weights."""
+    from typer.testing import CliRunner
+
+    from biolm.cli.app import app
+
+    cfg = {
+        "outputpath": str(tmp_path / "out"),
+        "fine-tuning data source": {"filepath": str(FIX / "data" / "cells.h5ad"), "labelcolumn": "cell_type", "splitcolumn": "split", "devsplits": ["valid"], "testsplits": ["test"]},
+        "settings": {"environment": {"device": "cpu"}, "training": {"blocksize": 64, "nepochs": 1, "pretrainedweights": str(FIX / "checkpoints" / "v2_like_bin" / "pytorch_model.bin")}},
+        "model": {"pretrained": str(FIX / "checkpoints" / "v2_like_safetensors"), "dictionaries": str(FIX / "geneformer_dicts")},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(app, ["geneformer", "fine-tune", "--task", "classification", "--configfile", str(path)])
+    assert result.exit_code == 2
+    assert "settings.training.pretrainedweights: the model section already names the weights to start from" in result.output
