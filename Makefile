@@ -36,6 +36,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tokenize_store.py --quick
 	$(BIN)/python benchmarks/saluki_speed.py --quick
+	$(BIN)/python benchmarks/geneformer_cpu.py --quick
 
 clean:
 	rm -rf experiments build dist *.egg-info .pytest_cache

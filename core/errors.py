@@ -67,3 +67,27 @@ def as_user_error(exc: BaseException) -> BiolmError | None:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
         return BiolmError("out of memory: lower settings.training.batchsize (or blocksize, or looscores.maxpositions for interpret)")
     return None
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (torch and pickle add multi-line advice), capped;
+    the exception's type name when the message is empty."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class FileFormatError(DataError, ValueError):
+    """A file is not a valid ``what`` file (weights, pickles, configs).
+
+    ``str(exc)`` is one line: ``not a {what} file: {path} ({reason})``.
+    """
+
+    def __init__(self, path: str, what: str, reason: str):
+        self.file = str(path)
+        self.line = None
+        self.column = None
+        self.what = what
+        self.reason = reason
+        self.msg = f"not a {what} file ({reason})"
+        BiolmError.__init__(self, f"not a {what} file: {self.file} ({reason})")

@@ -124,20 +124,25 @@ def write_examples(outdir: Path, n_train: int = 600, n_predict: int = 60, seed: 
 CELL_TYPE_NAMES = ("T cell", "B cell", "monocyte", "NK cell", "dendritic cell", "erythrocyte", "platelet", "neutrophil")
 
 
-def write_expression_example(path: Path, n_cells: int = 300, n_genes: int = 200, n_types: int = 3, seed: int = 0, n_markers: int = 10) -> Path:
+def write_expression_example(path: Path, n_cells: int = 300, n_genes: int = 200, n_types: int = 3, seed: int = 0, n_markers: int = 10, marker_fold: float = 8.0, program_sd: float = 0.0) -> Path:
     """Write a small single-cell ``.h5ad`` (h5py only) with a planted cell-type signal.
 
     Counts are negative binomial (gamma-Poisson, dispersion 2) around per-gene means drawn
-    log-normally, times a per-cell library size. Each cell type strongly over-expresses (x8) its
-    own ``n_markers`` marker genes (disjoint sets, taken in order after the housekeeping genes);
-    the first 10 genes are "housekeeping" genes, high in every cell, so that the per-gene median
+    log-normally, times a per-cell library size. Each cell type over-expresses (x ``marker_fold``)
+    its own ``n_markers`` marker genes (disjoint sets, taken in order after the housekeeping
+    genes); with ``program_sd`` > 0 the strength of that programme varies from cell to cell (the
+    fold is ``marker_fold ** s``, ``log s ~ N(0, program_sd)``), so some cells are hard to call.
+    The first 10 genes are "housekeeping" genes, high in every cell, so that the per-gene median
     normalisation of Geneformer's tokenizer has something to demote. Cell types are imbalanced
     (proportions n_types : n_types-1 : ... : 1), so the majority baseline is well above chance.
 
-    ``obs`` columns: ``cell_type`` (categorical), ``split`` (categorical ``"1"``..``"5"``, balanced)
-    and ``marker_score`` (float: mean ``log1p`` of the library-normalised (10,000) counts of the
-    first type's markers, plus a little noise — a regression target the counts determine).
-    ``X`` is a CSR matrix of float32 counts; genes are ``gene001``..; cells ``cell0001``...
+    ``obs`` columns: ``cell_type`` (categorical), ``split`` (categorical ``"1"``..``"5"``, balanced),
+    ``marker_score`` (float: mean ``log1p`` of the library-normalised (10,000) counts of the
+    first type's markers, plus a little noise — a regression target the counts determine) and
+    ``n_counts`` (the library size, as Geneformer's tokenizer reads it). ``var`` column
+    ``ensembl_id``: ``ENSG00000000001``.. (gene ``j`` -> id ``j``; the ids of the tiny Geneformer
+    dictionaries in ``exampleconfigs/data/geneformer/``). ``X`` is a CSR matrix of float32 counts;
+    genes are ``gene001``..; cells ``cell0001``...
     """
     import scipy.sparse as sp
 
@@ -155,10 +160,13 @@ def write_expression_example(path: Path, n_cells: int = 300, n_genes: int = 200,
     fold = np.ones((n_types, n_genes))
     markers = [np.arange(n_housekeeping + k * n_markers, n_housekeeping + (k + 1) * n_markers) for k in range(n_types)]
     for k, m in enumerate(markers):
-        fold[k, m] = 8.0
+        fold[k, m] = marker_fold
         mu[m] = np.maximum(mu[m], 0.5)
     size = np.exp(rng.normal(0.0, 0.3, n_cells))
-    mean = mu[None, :] * fold[types] * size[:, None]
+    cell_fold = fold[types]
+    if program_sd > 0:  # drawn only then, so the default data stay what they were
+        cell_fold = cell_fold ** np.exp(rng.normal(0.0, program_sd, n_cells))[:, None]
+    mean = mu[None, :] * cell_fold * size[:, None]
     r = 2.0
     counts = rng.poisson(rng.gamma(r, mean / r)).astype(np.float32)
     norm = 1e4 * counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
@@ -171,8 +179,9 @@ def write_expression_example(path: Path, n_cells: int = 300, n_genes: int = 200,
         sp.csr_matrix(counts),
         [f"gene{j + 1:03d}" for j in range(n_genes)],
         [f"cell{i + 1:04d}" for i in range(n_cells)],
-        obs={"cell_type": np.asarray(names, dtype=object)[types].astype(str), "split": split, "marker_score": np.round(score, 5)},
+        obs={"cell_type": np.asarray(names, dtype=object)[types].astype(str), "split": split, "marker_score": np.round(score, 5), "n_counts": counts.sum(1, dtype=np.float64)},
         categorical={"cell_type", "split"},
+        var={"ensembl_id": np.asarray([f"ENSG{j + 1:011d}" for j in range(n_genes)])},
     )
     return path
 
@@ -188,7 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--expression", action="store_true", help="write the single-cell example OUTDIR/cells.h5ad instead (geneformer, pca)")
     a = ap.parse_args(argv)
     if a.expression:
-        print(f"cells: {write_expression_example(a.outdir / 'cells.h5ad', seed=0 if a.seed is None else a.seed)}")
+        # the bundled example: 400 cells, markers x3 with a programme strength that varies per
+        # cell, so a held-out split is not trivially separable (a model has something to learn)
+        print(f"cells: {write_expression_example(a.outdir / 'cells.h5ad', n_cells=400, seed=0 if a.seed is None else a.seed, marker_fold=3.0, program_sd=0.5)}")
         return
     seed = 7 if a.seed is None else a.seed
     for name, p in write_examples(a.outdir, a.n_train, a.n_predict, seed, a.min_len, a.max_len).items():

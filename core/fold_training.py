@@ -107,18 +107,27 @@ def start_from_pretrained(run: Any, model: Any) -> str:
     must exist, and a folder with a ``config.json`` must hold a pre-training, not a fine-tuned
     model), else ``OUTPUTPATH/pre-train`` when it holds weights; none with ``fromscratch``.
     fine-tune reads only its own keys: ``inference model: pretrainedmodel`` is predict's and
-    interpret's. A plugin's own ``model:`` keys (e.g. a published checkpoint) are applied by its
-    ``build``. Returns what the weights started from, for the checkpoint fingerprint."""
+    interpret's. Weights named by the plugin's own ``model:`` section (``ModelSpec.pretrained_weights``,
+    e.g. a published checkpoint) take the place of ``pretrainedweights`` (setting both is an
+    error). Returns what the weights started from, for the checkpoint fingerprint."""
     key = "settings.training.pretrainedweights"
-    loader = run.model_spec.load_pretrained
+    spec = run.model_spec
+    loader = spec.load_pretrained
     tr = run.cfg.settings.training
     if tr.fromscratch:
         return "random"
+    own = spec.pretrained_weights(run.cfg.model) if spec.pretrained_weights is not None else None
     if loader is None:
         if tr.pretrainedweights:
             raise ConfigError(key, f"the {run.plugin.name} model cannot start from pre-trained weights (it has no load_pretrained)")
         return "random"
-    if tr.pretrainedweights:
+    if own:
+        if tr.pretrainedweights:
+            raise ConfigError(key, f"the model section already names the weights to start from ({own}); set one of the two")
+        path = Path(own)
+        if not path.exists():
+            raise ConfigError("model", f"{path} (the weights to start from) does not exist")
+    elif tr.pretrainedweights:
         path = Path(tr.pretrainedweights)
         if not path.exists():
             raise ConfigError(key, f"{path} does not exist")
@@ -142,7 +151,7 @@ def start_from_pretrained(run: Any, model: Any) -> str:
         raise BiolmError(f"cannot load pre-trained weights from {path}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}") from None
     if report:
         run.log.info("pre-trained weights: %s", report if isinstance(report, str) else ", ".join(f"{k} {len(v) if hasattr(v, '__len__') and not isinstance(v, str) else v}" for k, v in report.items()))
-    weights = path / "pytorch_model.bin" if path.is_dir() else path
+    weights = next((path / n for n in ("pytorch_model.bin", "model.safetensors") if (path / n).exists()), path) if path.is_dir() else path
     st = weights.stat() if weights.exists() else None
     return f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}" if st else str(path.resolve())
 

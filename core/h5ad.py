@@ -542,6 +542,7 @@ def write_h5ad(
     obs: Mapping[str, Any] | None = None,
     categorical: set[str] | None = None,
     compression: str | None = "gzip",
+    var: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a small AnnData file in the anndata >= 0.8 encoding.
 
@@ -564,6 +565,8 @@ def write_h5ad(
         when they fit) — how anndata stores string columns by default.
     compression
         HDF5 filter for the matrix ("gzip", "lzf" or None).
+    var
+        Per-gene columns, each ``(n_vars,)`` (e.g. Ensembl ids beside gene symbols).
     """
     obs = dict(obs or {})
     categorical = set(categorical or ())
@@ -594,6 +597,6 @@ def write_h5ad(
             ds = f.create_dataset("X", data=np.asarray(X), compression=compression)
             _set_enc(ds, "array", "0.2.0")
         _write_frame(f, "obs", obs_names, obs, categorical)
-        _write_frame(f, "var", var_names, {}, set())
+        _write_frame(f, "var", var_names, dict(var or {}), set())
         for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
             _set_enc(f.create_group(key), "dict", "0.1.0")

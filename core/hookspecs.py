@@ -18,8 +18,8 @@ observe or steer training without touching the engine.
 
 What a plugin may implement is declared here, never probed: the objects it hands to the core
 follow :class:`Tokenizer` and :class:`Model`, and every optional capability (embeddings,
-pre-trained weights, a loss penalty, a fast leave-one-out routine, one-pass fitting, exports) is
-a field of :class:`ModelSpec` that is either set or ``None``.
+pre-trained weights, a loss penalty, a fast leave-one-out routine, extra leave-one-out scores,
+one-pass fitting, exports) is a field of :class:`ModelSpec` that is either set or ``None``.
 
 The helpers at the end (config ``opt``, errors, atomic writes, data readers, ``InputAdapter``)
 are the rest of core's public API; a plugin imports nothing else from ``biolm.core``.
@@ -31,7 +31,8 @@ This module is versioned by :data:`BIOLM_PLUGIN_API`; a plugin may check it and 
 against an API it does not know. Version 2 (this one): ``ModelInfo`` moved here; model
 capabilities are ``ModelSpec`` fields (``embed``, ``load_pretrained``, ``penalty``,
 ``architecture``) instead of methods looked up on the model; ``TokenizerSpec.encode`` and
-``make_input`` receive an :class:`Encoding` instead of the whole config.
+``make_input`` receive an :class:`Encoding` instead of the whole config. Added since, without
+breaking version 2: ``ModelSpec.pretrained_weights`` and ``ModelSpec.perturbation_scores``.
 """
 
 from __future__ import annotations
@@ -162,14 +163,27 @@ class ModelSpec:
     load_pretrained : ``load_pretrained(model, path) -> report`` loads pre-trained weights when
         ``fine-tune`` starts (from ``settings: training: pretrainedweights``, else from
         ``OUTPUTPATH/pre-train`` when it holds weights; never from predict's ``inference model:
-        pretrainedmodel``); the report (a string or a dict of name -> list) is logged. A
-        published checkpoint named by a plugin's own ``model:`` key is the plugin's to load in
-        ``build``.
+        pretrainedmodel``), or from the weights the plugin's own ``model:`` section names
+        (``pretrained_weights``); the report (a string or a dict of name -> list) is logged.
     penalty : ``penalty(model) -> scalar tensor`` added to the training loss (e.g. L1/L2 on
         kernels).
     architecture : ``architecture(model) -> dict`` saved in a trained model's ``config.json``
         and handed back as ``ModelInfo.architecture`` when the model is rebuilt, for
         architectures not fully given by the ``model:`` section (e.g. a checkpoint's).
+    pretrained_weights : ``pretrained_weights(model_cfg) -> path or None``: weights named in the
+        plugin's own ``model:`` section (e.g. geneformer's ``model: pretrained``, a published
+        checkpoint) that ``fine-tune`` starts from through ``load_pretrained``. When it gives a
+        path, that path is used instead of ``OUTPUTPATH/pre-train`` (setting ``settings:
+        training: pretrainedweights`` as well is an error); ``fromscratch`` skips it like any
+        other pre-trained weights. ``build`` reads the architecture from it when needed.
+    perturbation_scores : ``perturbation_scores(model, base_input, perturbed_input, positions,
+        how) -> (outputs, scores)`` for ``interpret`` by full forward passes (``remove``,
+        ``activate``): ``outputs`` are the raw outputs ``(P, n_outputs)`` of ``perturbed_input``
+        (as ``model(perturbed_input)`` gives them); ``scores`` maps a column name to ``(P,)``
+        extra per-perturbation scores written after ``loo`` in the CSV (e.g. geneformer's
+        embedding cosine similarity), ``{}`` when there are none. ``base_input`` is the
+        unperturbed one-sequence input (batch of 1); ``positions`` ``(P,)`` the perturbed
+        positions. Scores of several fold models are averaged with the ensemble weights.
     """
 
     build: Callable[..., Any]
@@ -181,6 +195,8 @@ class ModelSpec:
     load_pretrained: Callable[..., Any] | None = None
     penalty: Callable[..., Any] | None = None
     architecture: Callable[..., Any] | None = None
+    pretrained_weights: Callable[..., Any] | None = None
+    perturbation_scores: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -314,6 +330,12 @@ def on_train_end(state: Any) -> None:
 #                                            the value parsers for ``opt(parse=...)`` (e.g. parsers.INT_LIST)
 #   section_of                               the YAML section a data-source object came from (messages)
 #   BiolmError, ConfigError, DataError       user-fixable errors: one line, exit code 2
+#   FileFormatError                          "not a {what} file: PATH (reason)" (a DataError)
+#   load_plain_pickle, UnsafePickleError     unpickle untrusted plain data (dicts, lists, strings,
+#                                            numbers, numpy scalars) with an allow-list; code refused
+#   SafetensorsFile, read_safetensors,       .safetensors read validated and tensor by tensor, and
+#   write_safetensors                        written (imports torch)
+#   read_torch_state_dict                    torch.load(weights_only=True) with one-line errors (imports torch)
 #   write_text, write_json, atomic_path,     atomic writes (a file appears complete or not at all),
 #   read_json                                and reading JSON back
 #   EncodedRecord                            one record as TokenizerSpec.encode yields it
@@ -331,6 +353,13 @@ _HELPERS = {
     "BiolmError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
+    "FileFormatError": "errors",
+    "load_plain_pickle": "safe_pickle",
+    "UnsafePickleError": "safe_pickle",
+    "SafetensorsFile": "weight_files",
+    "read_safetensors": "weight_files",
+    "write_safetensors": "weight_files",
+    "read_torch_state_dict": "weight_files",
     "write_text": "outputs",
     "write_json": "outputs",
     "atomic_path": "outputs",

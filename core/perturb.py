@@ -130,8 +130,10 @@ def fast_scores(fast, ens, tok_spec, tok, encoding, base_inp, ids_t, mods_t, n, 
     return ens.combine(outs)
 
 
-def full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, positions, how, rids, zmods, maxpositions, batchsize):
-    """Predictions of every perturbed copy by batched full forward passes, chunked."""
+def full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, positions, how, rids, zmods, maxpositions, batchsize, scores_fn=None, base_inp=None):
+    """Predictions of every perturbed copy by batched full forward passes, chunked, and the
+    plugin's extra per-perturbation scores (``ModelSpec.perturbation_scores`` as ``scores_fn``,
+    with the unperturbed input ``base_inp``): ``(predictions, {name: (P,) float64})``."""
     import torch
 
     L = ids_t.shape[0]
@@ -140,10 +142,28 @@ def full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, position
     C = len(tok.vocab) + mods_t.shape[-1] if ens.meta.get("encoding") == "atomic" else None
     bound = 256_000_000 // (4 * L * C) if C else batchsize * 4
     chunk = int(max(1, min(maxpositions, bound)))
-    outs = []
+    outs, extras = [], []
     for s in range(0, len(positions), chunk):
         sl = slice(s, s + chunk)
         p_ids, p_mods, p_len = perturb(ids_t, mods_t, n, positions[sl], how, None if rids is None else rids[sl], None if zmods is None else zmods[sl])
         inp = tok_spec.make_input(tok, {"ids": p_ids, "mods": p_mods, "lengths": p_len}, encoding)
-        outs.append(ens(inp))
-    return torch.cat(outs)
+        if scores_fn is None:
+            outs.append(ens(inp))
+        else:
+            out, extra = _with_scores(ens, scores_fn, base_inp, inp, positions[sl], how)
+            outs.append(out)
+            extras.append(extra)
+    names = list(extras[0]) if extras else []
+    return torch.cat(outs), {k: np.concatenate([e[k] for e in extras]) for k in names}
+
+
+def _with_scores(ens, scores_fn, base_inp, inp, positions, how):
+    """Combined predictions of the fold models and their extra scores, averaged with the
+    ensemble weights."""
+    outs, scores = [], {}
+    for i, f in enumerate(ens.folds):
+        raw, extra = scores_fn(f.model, base_inp, inp, positions, how)
+        outs.append(ens.convert(i, raw))
+        for k, v in extra.items():
+            scores[k] = scores.get(k, 0.0) + v.double().cpu().numpy() * float(ens.weights[i])
+    return ens.combine(outs), scores

@@ -197,7 +197,9 @@ class Config:
     inference_model: InferenceModel = section(InferenceModel, "inference model", "Which trained model to use.")
     settings: Settings = section(Settings, "settings", "Pre-processing, environment and training.")
     looscores: LooScores = section(LooScores, "looscores", "Leave-one-out interpretation.", modes=frozenset({"interpret"}))
-    model: Any = field(default=None, metadata=dict(section=True, yaml="model", help="Plugin model hyperparameters.", modes=TRAIN_MODES))
+    # the plugin's keys say which modes read them (training keys: pre-train, fine-tune; a key the
+    # tokenizer reads, such as geneformer's dictionaries, also tokenize)
+    model: Any = field(default=None, metadata=dict(section=True, yaml="model", help="Plugin model hyperparameters.", modes=ALL_MODES))
 
 
 SOURCE_FOR_MODE = {name: m.source for name, m in MODES.items()}

@@ -1,4 +1,4 @@
-"""Parity and behaviour tests for biolm.plugins.geneformer.model.
+"""Parity and behaviour tests for the geneformer plugin's fitted tokenizer and BERT (cellarium-ml).
 
 Golden numbers: tests/fixtures/geneformer/ (the real cellarium-ml 0.0.15 Geneformer; README.md
 there gives the formulas and the tolerances used below).
@@ -14,22 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from biolm.plugins.geneformer.model import (
+from biolm.plugins.geneformer.bert import (
     MASK_TOKEN_ID,
     PAD_TOKEN_ID,
     GeneformerClassifier,
     GeneformerConfig,
     GeneformerEncoder,
     GeneformerMLM,
-    GeneRankTokenizer,
-    NonzeroMedianAccumulator,
-    activate_tokens,
-    load_hf_bert_weights,
     mean_pool,
-    mlm_mask,
-    normalize_total,
-    trim_padding,
 )
+from biolm.plugins.geneformer.fitted_tokenizer import NonzeroMedianAccumulator, normalize_total
+from biolm.plugins.geneformer.pretraining import mlm_mask
+from biolm.plugins.geneformer.weights_import import load_hf_bert_weights
+from geneformer_oracles import GeneRankTokenizer, activate_tokens, trim_padding
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "geneformer")
 

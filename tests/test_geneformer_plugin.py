@@ -30,7 +30,7 @@ from biolm.core.runner import run
 
 L = 32
 HEADER = "sequence,token,replacement,label,pred,start_offset,end_offset,loo"
-MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": L}
+MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,7 +153,7 @@ def test_store_holds_ranked_gene_indices_plus_one(pipe):
     """Stored ids are gene indices 0..G-1 in rank order, blocksize + 1 of them (the next-ranked
     gene is kept for deletions); orig_lengths = expressed genes."""
     from biolm.core.store import Store
-    from biolm.plugins.geneformer import GenerankTokenizer
+    from geneformer_oracles import GenerankTokenizer
 
     tok = GenerankTokenizer.load(pipe["outdir"] / "tokenizer.json")
     X = H5adReader(pipe["data"]).read_all()
@@ -315,7 +315,7 @@ def loo(pipe, regression):
 
 @pytest.mark.parametrize("how", ["remove", "mask", "activate"])
 def test_interpret_rows_are_genes_the_model_reads(pipe, regression, loo, how):
-    from biolm.plugins.geneformer import GenerankTokenizer
+    from geneformer_oracles import GenerankTokenizer
 
     header, rows, _ = loo[how]
     assert header == HEADER
@@ -368,7 +368,7 @@ def test_deletion_and_activation_equal_predictions_of_edited_counts(pipe, regres
 
 
 def _ranked_text(pipe, path, cells, extra_token=None):
-    from biolm.plugins.geneformer import GenerankTokenizer
+    from geneformer_oracles import GenerankTokenizer
 
     tok = GenerankTokenizer.load(pipe["outdir"] / "tokenizer.json")
     r = H5adReader(pipe["data"])
@@ -423,9 +423,16 @@ def test_plain_text_rank_ordered_form(pipe, tmp_path):
 # ------------------------------------------------------------------------------------ errors
 
 
-def test_blocksize_must_equal_max_positions(pipe, tmp_path):
+def test_positions_follow_blocksize(pipe, tmp_path):
+    """One owner of the input length: the model's position count is the blocksize the core
+    gives it (recorded in the model's config.json); the plugin has no key of its own for it."""
+    cli = {"outputpath": str(tmp_path), "settings.training.blocksize": 16, "settings.training.nepochs": 1}
+    r = run("geneformer", "pre-train", configfile=pipe["cfg"], quiet=True, cli_values=cli)
+    meta = json.loads((r.modedir / "config.json").read_text())
+    assert meta["blocksize"] == 16 and meta["architecture"]["max_position_embeddings"] == 16
+    old = write_config(tmp_path / "old.yaml", pipe["data"], tmp_path / "o", model=dict(MODEL, max_position_embeddings=16))
     with pytest.raises(ConfigError, match="max_position_embeddings"):
-        run("geneformer", "pre-train", configfile=pipe["cfg"], quiet=True, cli_values={"outputpath": str(tmp_path), "settings.training.blocksize": 16})
+        run("geneformer", "pre-train", configfile=old, quiet=True)
 
 
 def test_h5ad_label_errors(pipe, tmp_path):

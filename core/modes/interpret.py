@@ -17,6 +17,8 @@ sequences, in chunks that bound memory; no text is re-tokenized. ``handletokens`
 
 A plugin can offer a faster exact routine through ``ModelSpec.fast_loo``; the batched full
 forward pass (:mod:`biolm.core.perturb`) is the reference the fast routines are tested against.
+Through ``ModelSpec.perturbation_scores`` a plugin adds its own per-perturbation scores as the
+last columns of the CSV (geneformer: Geneformer's embedding cosine similarity of a deletion).
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ def execute(run: Any) -> dict:
     labelled = bool(run.source.labelpos or run.source.labelcolumn)
     raw_labels = list(store.labels)
     true_idx = LabelEncoder(ens.classes).transform([raw_labels[i] for i in idx], str(run.source.filepath)) if ens.task == "classification" and labelled else None
-    fast = run.model_spec.fast_loo
+    fast, scores_fn = run.model_spec.fast_loo, run.model_spec.perturbation_scores
     rows: list[list] = []
+    extra_rows: list[dict] = []
     explanations, plot_data = [], []
     t0 = time.perf_counter()
     n_pos = 0
@@ -92,10 +95,11 @@ def execute(run: Any) -> dict:
             positions, repl, rids, zmods = plan(ids_np, mods_np, n_seen, how, tok.vocab, lc.replacementdict, lc.replacespecifier)
             if len(positions) == 0:
                 continue
+            extra: dict = {}
             if fast is not None and how in ("mask", "replace"):
                 preds = fast_scores(fast, ens, tok_spec, tok, encoding, base_inp, ids_t, mods_t, n, positions, how, rids, zmods)
             else:
-                preds = full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, positions, how, rids, zmods, lc.maxpositions, cfg.settings.training.batchsize)
+                preds, extra = full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, positions, how, rids, zmods, lc.maxpositions, cfg.settings.training.batchsize, scores_fn, base_inp)
             if ens.task == "regression":
                 base_v = float(base)
                 loo = (preds.double() - base_v).cpu().numpy()
@@ -116,6 +120,7 @@ def execute(run: Any) -> dict:
                 if ens.task == "classification":
                     row.append(f"{loo_true[j]:.6g}" if loo_true is not None else "")
                 rows.append(row)
+                extra_rows.append({k: f"{v[j]:.6g}" for k, v in extra.items()})
             per_pos = _per_position(positions, loo, n_seen)
             explanations.append((sid, per_pos, base_v, texts, start))
             if len(plot_data) < lc.plotsequences:
@@ -125,7 +130,7 @@ def execute(run: Any) -> dict:
         progress.finish()
     elapsed = time.perf_counter() - t0
     with publication(run.modedir, replaces=(f"loo_scores_{how}.csv", f"loo_scores_{how}.pkl", f"loo_{how}_*.png")) as staging:
-        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional)
+        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional, extra_rows=extra_rows)
     csv_path, pkl_path = run.modedir / csv_path.name, run.modedir / pkl_path.name
     rate = n_pos / max(elapsed, 1e-9)
     run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s)", len(explanations), n_pos, elapsed, rate)
@@ -141,14 +146,18 @@ def _per_position(positions: np.ndarray, loo: np.ndarray, n: int) -> np.ndarray:
     return np.divide(total, counts, out=np.zeros(n), where=counts > 0)
 
 
-def write_scores(folder: Any, how: str, rows: list, explanations: list, plot_data: list, classification: bool, positional: bool):
-    """``loo_scores_<how>.csv``, the ``.pkl`` of shap explanations and the per-sequence plots."""
+def write_scores(folder: Any, how: str, rows: list, explanations: list, plot_data: list, classification: bool, positional: bool, extra_rows: list | None = None):
+    """``loo_scores_<how>.csv``, the ``.pkl`` of shap explanations and the per-sequence plots.
+    ``extra_rows``: per row, the plugin's extra scores (``ModelSpec.perturbation_scores``),
+    written as the last columns."""
     from .. import plots
 
+    extra_rows = extra_rows or [{}] * len(rows)
+    names = list(dict.fromkeys(k for e in extra_rows for k in e))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(HEADER + (["loo_true_class"] if classification else []))
-    w.writerows(rows)
+    w.writerow(HEADER + (["loo_true_class"] if classification else []) + names)
+    w.writerows(row + [e.get(k, "") for k in names] for row, e in zip(rows, extra_rows))
     csv_path = folder / f"loo_scores_{how}.csv"
     write_text(csv_path, buf.getvalue())
     pkl_path = folder / f"loo_scores_{how}.pkl"
