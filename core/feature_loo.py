@@ -34,7 +34,7 @@ def _check_how(how: str, kind: str) -> None:
         raise ConfigError("looscores.handletokens", f"{kind} input supports {' or '.join(allowed)} ({what}), got {how!r}")
 
 
-def feature_scores(run: Any, ens: Any, store: Any, idx: np.ndarray, write_scores: Callable[..., Any]) -> dict:
+def feature_scores(run: Any, ens: Any, store: Any, idx: np.ndarray, publish_scores: Callable[..., Any]) -> dict:
     """Run interpret on a feature store and write its results with ``write_scores``.
 
     Parameters
@@ -43,8 +43,9 @@ def feature_scores(run: Any, ens: Any, store: Any, idx: np.ndarray, write_scores
     ens : the loaded :class:`~biolm.core.ensemble.Ensemble`.
     store : the inference data as a feature store.
     idx : (N,) the records to score.
-    write_scores : ``write_scores(run, how, rows, explanations, plot_data, classification, positional)``
-        (the interpret mode's writer: CSV, shap explanations, plots) -> (csv path, pkl path).
+    publish_scores : ``publish_scores(run, how, rows, explanations, plot_data, n_positions, seconds,
+        classification, positional) -> summary``: the interpret mode's writer (CSV, shap
+        explanations, plots, published all or nothing).
 
     Returns
     -------
@@ -98,12 +99,8 @@ def feature_scores(run: Any, ens: Any, store: Any, idx: np.ndarray, write_scores
             per_pos[pos_np] = loo
             explanations.append((store.ids[i], per_pos, base_v, names, 0))
             if len(plot_data) < lc.plotsequences:
-                plot_data.append((store.ids[i], names, per_pos))
+                plot_data.append((int(i), store.ids[i], names, per_pos))
             n_pos += len(pos_np)
             progress.advance(1, f"LOO {n_pos / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
         progress.finish()
-    elapsed = time.perf_counter() - t0
-    csv_path, pkl_path = write_scores(run, lc.handletokens, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional)
-    rate = n_pos / max(elapsed, 1e-9)
-    run.log.info("%d records, %d perturbations in %.1f s (%.0f positions/s)", len(explanations), n_pos, elapsed, rate)
-    return {"metrics": {"sequences": len(explanations), "perturbations": n_pos, "positions_per_s": rate}, "lines": [f"scores: {csv_path}", f"shap explanations: {pkl_path}"]}
+    return publish_scores(run, lc.handletokens, rows, explanations, plot_data, n_pos, time.perf_counter() - t0, ens.task == "classification", tok.positional)

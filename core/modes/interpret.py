@@ -67,7 +67,7 @@ def execute(run: Any) -> dict:
     if store.feature_shape is not None:  # expression / array input: genes knocked out, positions masked
         from ..feature_loo import feature_scores
 
-        return feature_scores(run, ens, store, idx, write_scores)
+        return feature_scores(run, ens, store, idx, publish_scores)
     tok_spec = tokenizer_spec(run, ens)
     encoding = model_encoding(run, ens)
     pad_to = encoding.blocksize if ens.meta.get("fixed_length") else None
@@ -118,9 +118,14 @@ def execute(run: Any) -> dict:
             n_pos += len(positions)
             progress.advance(1, f"LOO {n_pos / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
         progress.finish()
-    elapsed = time.perf_counter() - t0
+    return publish_scores(run, how, rows, explanations, plot_data, n_pos, time.perf_counter() - t0, ens.task == "classification", tok.positional, extra_rows)
+
+
+def publish_scores(run: Any, how: str, rows: list, explanations: list, plot_data: list, n_pos: int, elapsed: float, classification: bool, positional: bool, extra_rows: list | None = None) -> dict:
+    """Write the scores (all or nothing, replacing an earlier run's) and return the mode's summary;
+    ``extra_rows`` as for :func:`write_scores`."""
     with publication(run.modedir, replaces=(f"loo_scores_{how}.csv", f"loo_scores_{how}.pkl", f"loo_{how}_*.png")) as staging:
-        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional, extra_rows=extra_rows)
+        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=classification, positional=positional, extra_rows=extra_rows)
     csv_path, pkl_path = run.modedir / csv_path.name, run.modedir / pkl_path.name
     rate = n_pos / max(elapsed, 1e-9)
     run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s)", len(explanations), n_pos, elapsed, rate)
