@@ -55,7 +55,7 @@ def _predictions(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
-    """pca fine-tuned on cells.h5ad (300 cells x 200 genes, 3 types; split 4 = validation, 5 = test)."""
+    """pca fine-tuned on cells.h5ad (400 cells x 200 genes, 3 types; split 4 = validation, 5 = test)."""
     d = tmp_path_factory.mktemp("expr")
     cfg = write_cfg(d / "c.yaml", CELLS, d / "out", model={"n_top_genes": 60, "zscore": True})
     pca("tokenize", cfg)
@@ -73,10 +73,10 @@ def test_open_cells_reads_labels_splits_weights_and_genes(tmp_path):
 
     cells = open_cells(Src(), "str")
     reader = H5adReader(CELLS)
-    assert cells.genes.tolist() == reader.var_names.tolist() and cells.n_cells == 300
+    assert cells.genes.tolist() == reader.var_names.tolist() and cells.n_cells == 400
     dense = [c for c in cells.chunks(128)]
     sparse = [c for c in cells.chunks(128, sparse=True)]
-    assert [len(c) for c in dense] == [128, 128, 44]
+    assert [len(c) for c in dense] == [128, 128, 128, 16]
     for a, b in zip(dense, sparse):
         indptr, cols, vals = b.csr
         rebuilt = np.zeros_like(a.x)
@@ -274,7 +274,7 @@ def test_interpret_knockout_and_embeddings(trained, tmp_path):
     with h5py.File(p.modedir / "embeddings.h5") as f:
         assert [i.decode() for i in f["ids"][:3]] == list(reader.obs_names[:3])
         emb = f["fold_0"][:]
-    assert emb.shape == (300, 6)
+    assert emb.shape == (400, 6)
     with torch.no_grad():
         assert np.allclose(emb[:4], fold.model.net.embed(torch.tensor(x[:4])[:, :, None]).numpy(), atol=1e-4)
 
@@ -300,7 +300,7 @@ def test_split_scenarios_and_cv_on_h5ad(tmp_path, one_thread, src, n_folds):
     r = pca("fine-tune", cfg)
     cv = json.loads((r.modedir / "cv_results.json").read_text())
     assert len(cv["folds"]) == n_folds
-    assert cv["metrics"]["accuracy"]["mean"] > 0.8
+    assert cv["metrics"]["accuracy"]["mean"] > 0.65  # the majority class is half of the cells
     if "devsplits" in src and src["devsplits"] == ["2"]:
         preds = _predictions(r.modedir / "0")
         splits = dict(zip(H5adReader(CELLS).obs_names, H5adReader(CELLS).obs_column("split")))
