@@ -101,15 +101,13 @@ def feature_record(id: str, values: np.ndarray, indices: np.ndarray | None = Non
     Parameters
     ----------
     id : record id.
-    values : float, the dense record (any shape; flattened in C order), or with ``indices`` the
-        values of those entries only (a sparse row, e.g. one cell of a CSR matrix).
-    indices : int, shape (nnz,): flat indices of ``values`` in the record; ``None`` = dense.
+    values : the dense record (any shape; flattened in C order), or with ``indices`` (nnz,) the
+        values at those flat indices only (a sparse row, e.g. one cell of a CSR matrix).
     label, weight, split : raw strings or ``None``.
 
     Returns
     -------
-    EncodedRecord : ``ids`` = flat indices of the non-zero entries (int32), ``mods`` = their
-    values, shape (nnz, 1) float32 (zeros are dropped: they are implied).
+    EncodedRecord : ``ids`` the non-zeros' flat indices (int32), ``mods`` their values (nnz, 1).
     """
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     if indices is None:
