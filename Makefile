@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tokenize_store.py --quick
 	$(BIN)/python benchmarks/saluki_speed.py --quick
 	$(BIN)/python benchmarks/geneformer_cpu.py --quick
+	$(BIN)/python benchmarks/expression_store.py --quick
 
 clean:
 	rm -rf experiments build dist *.egg-info .pytest_cache

@@ -353,15 +353,19 @@ class AtomicTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AtomicTokenizer:
-        path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise BiolmError(f"{path}: no such tokenizer file (run the tokenize mode first?)") from None
-        except json.JSONDecodeError as e:
-            raise BiolmError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_json(d, source=path)
+        return cls.from_json(read_tokenizer_json(path), source=os.fspath(path))
+
+
+def read_tokenizer_json(path: str | os.PathLike) -> dict:
+    """The JSON of a ``tokenizer.json``; a missing or broken file is a :class:`BiolmError`."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise BiolmError(f"{path}: no such tokenizer file (run the tokenize mode first?)") from None
+    except json.JSONDecodeError as e:
+        raise BiolmError(f"{path}: not valid JSON ({e})") from None
 
 
 def _max_modifiers(modifiers: Sequence[Sequence[float]]) -> int:

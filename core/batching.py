@@ -52,6 +52,8 @@ class _Collate:
 
     def __call__(self, batch):
         index = np.asarray(batch, dtype=np.int64)
+        if self.store.feature_shape is not None:  # fixed-shape feature records: nothing to pad
+            return {"features": torch.from_numpy(self.store.read_features(index)), "index": torch.from_numpy(index)}
         ids, mods, lengths = self.store.read_batch(index, pad_to=self.pad_to)
         return {
             "ids": torch.from_numpy(ids),
@@ -89,7 +91,8 @@ def make_loader(
     Yields
     ------
     dict with ``ids`` LongTensor (B, L) (-1 = padding/unknown), ``mods`` FloatTensor (B, L, m),
-    ``lengths`` LongTensor (B,), ``index`` LongTensor (B,) (store record indices).
+    ``lengths`` LongTensor (B,), ``index`` LongTensor (B,) (store record indices); for a feature
+    store ``features`` FloatTensor (B, *feature_shape) and ``index``.
     """
     from torch.utils.data import DataLoader
 

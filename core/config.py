@@ -203,7 +203,7 @@ def resolve(
     cfg = Config()
     cfg.model = plugin.model_schema() if plugin and plugin.model_schema else None
     if plugin:
-        cfg.tokenization.encoding = plugin.tokenizer
+        cfg.tokenization.encoding = plugin.tokenizer if len(plugin.kinds) == 1 else "auto"
         settings_by_key = {s.key: s for s in specs if s.path[0] == "settings"}
         for key, value in plugin.training_defaults.items():
             spec = settings_by_key.get(key)
@@ -223,8 +223,10 @@ def resolve(
         spec = by_path[tuple(dotted.split("."))]
         v = coerce(spec, value, "command line")
         _set(cfg, spec.path, None if v is UNSET else v)
-    if plugin and cfg.tokenization.encoding != plugin.tokenizer:
-        raise ConfigError("tokenization.encoding", f"{plugin.name} uses the {plugin.tokenizer!r} tokenizer, got {cfg.tokenization.encoding!r}", source)
+    if plugin:
+        from .input_kinds import check_kind_setting
+
+        check_kind_setting(plugin, cfg.tokenization.encoding, source)
     if mode in SOURCE_FOR_MODE and not cfg.outputpath:
         fp = getattr(cfg, SOURCE_FOR_MODE[mode]).filepath
         if fp:
@@ -235,7 +237,7 @@ def resolve(
 def default_outputpath(filepath: str) -> str:
     """OUTPUTPATH when not set: the data file's path without its extension."""
     name = Path(filepath).name
-    for suffix in (".gz", ".txt", ".tsv", ".csv", ".h5ad"):
+    for suffix in (".gz", ".txt", ".tsv", ".csv", ".h5ad", ".npy", ".npz"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return str(Path(filepath).with_name(name))

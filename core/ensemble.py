@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BiolmError, ConfigError
+from .errors import BiolmError, ConfigError, DataError
 from .hookspecs import Encoding
 
 
@@ -86,7 +86,7 @@ def load_ensemble(run: Any, device: Any) -> Ensemble:
     if len({f.meta["blocksize"] for f in folds}) > 1:
         raise BiolmError(f"{path}: the folds read different input lengths (blocksize)")
     tr = run.cfg.settings.training
-    if tr.blocksize != folds[0].meta["blocksize"]:
+    if tr.blocksize != folds[0].meta["blocksize"] and run.registry.tokenizer(folds[0].meta.get("encoding", run.plugin.tokenizer)).feature_shape is None:
         run.log.info("blocksize %d of the model is used (the config says %d)", folds[0].meta["blocksize"], tr.blocksize)
     if tr.scaling != "none" and folds[0].scaler is not None and tr.scaling != folds[0].scaler.kind:
         run.log.warning("scaling %s in the config ignored: the model was trained with %s (loaded with it)", tr.scaling, folds[0].scaler.kind)
@@ -106,8 +106,13 @@ def tokenizer_spec(run: Any, ens: Ensemble) -> Any:
 
 
 def open_store(run: Any, ens: Ensemble, label_kind: str | None = None):
-    """The run's data source encoded for the trained model."""
-    return run.store(ens.tokenizer, label_kind, model_encoding(run, ens), tokenizer_spec(run, ens))
+    """The run's data source encoded for the trained model (which must read that kind of file)."""
+    from .input_kinds import describe_file
+
+    spec, path = tokenizer_spec(run, ens), str(run.source.filepath)
+    if spec.accepts is not None and not spec.accepts(path):
+        raise DataError(path, f"{describe_file(path)}, but the model was trained on {spec.inputs or 'other input'} ({ens.meta.get('encoding')} tokenizer)")
+    return run.store(ens.tokenizer, label_kind, model_encoding(run, ens), spec)
 
 
 def selected_indices(run: Any, store: Any) -> np.ndarray:

@@ -93,6 +93,13 @@ def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path,
     return Trained(state.history, state.best_val_loss, time.perf_counter() - t0)
 
 
+def fit_inputs(run: Any, model: Any, batches: Any, train_idx: np.ndarray) -> None:
+    """Input statistics fitted on the fold's training split before training
+    (``ModelSpec.fit_inputs``; kept in the model's buffers, so saved with the fold)."""
+    if run.model_spec.fit_inputs is not None:
+        run.model_spec.fit_inputs(model, batches, train_idx, run.cfg.model)
+
+
 def fit_one_pass(run: Any, model: Any, batches: Any, train_idx: np.ndarray, task: Any) -> Trained:
     """Models fitted in one pass (``ModelSpec.fit``, e.g. incremental PCA + closed-form head)."""
     t0 = time.perf_counter()

@@ -367,25 +367,13 @@ class H5adReader:
 
     def _read_rows(self, f: h5py.File, start: int, stop: int) -> np.ndarray:
         n, g = stop - start, self.n_vars
-        x = f[self._x_key]
         if not self.is_sparse:
-            return np.asarray(x[start:stop], dtype=np.float32)
+            return np.asarray(f[self._x_key][start:stop], dtype=np.float32)
         out = np.zeros((n, g), dtype=np.float32)
         if n == 0:
             return out
-        indptr = np.asarray(x["indptr"][start : stop + 1], dtype=np.int64)
-        counts = np.diff(indptr)
-        if (counts < 0).any():
-            raise self._fail(f"CSR matrix '{self._x_key}': indptr decreases within rows {start}..{stop - 1}")
-        lo, hi = int(indptr[0]), int(indptr[-1])
-        data = np.asarray(x["data"][lo:hi], dtype=np.float32)
-        cols = np.asarray(x["indices"][lo:hi], dtype=np.int64)
-        if cols.size and (cols.min() < 0 or cols.max() >= g):
-            raise self._fail(
-                f"CSR matrix '{self._x_key}': column indices must lie in [0, {g - 1}], "
-                f"got {cols.min()} .. {cols.max()} in rows {start}..{stop - 1}"
-            )
-        rows = np.repeat(np.arange(n, dtype=np.int64), counts)
+        indptr, cols, data = self._read_csr(f, start, stop)
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
         # a plain scatter would keep only the last of duplicated (row, col) entries, whereas
         # scipy (and anndata) sum them; canonical CSR (strictly increasing columns per row) has
         # no duplicates, so the slower accumulating path is only taken when needed
@@ -397,9 +385,32 @@ class H5adReader:
             np.add.at(out, (rows, cols), data)
         return out
 
+    def _read_csr(self, f: h5py.File, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` as CSR parts: indptr (n + 1,) from 0, column indices, values; a
+        dense matrix is converted chunk by chunk."""
+        if not self.is_sparse:
+            dense = np.asarray(f[self._x_key][start:stop], dtype=np.float32)
+            rows, cols = np.nonzero(dense)
+            indptr = np.zeros(len(dense) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=len(dense)), out=indptr[1:])
+            return indptr, cols.astype(np.int64), dense[rows, cols]
+        x, g = f[self._x_key], self.n_vars
+        indptr = np.asarray(x["indptr"][start : stop + 1], dtype=np.int64)
+        if (np.diff(indptr) < 0).any():
+            raise self._fail(f"CSR matrix '{self._x_key}': indptr decreases within rows {start}..{stop - 1}")
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        data = np.asarray(x["data"][lo:hi], dtype=np.float32)
+        cols = np.asarray(x["indices"][lo:hi], dtype=np.int64)
+        if cols.size and (cols.min() < 0 or cols.max() >= g):
+            raise self._fail(
+                f"CSR matrix '{self._x_key}': column indices must lie in [0, {g - 1}], "
+                f"got {cols.min()} .. {cols.max()} in rows {start}..{stop - 1}"
+            )
+        return indptr - lo, cols, data
+
     def iter_chunks(
-        self, chunk_size: int = 1024, start: int = 0, stop: int | None = None
-    ) -> Iterator[tuple[int, np.ndarray]]:
+        self, chunk_size: int = 1024, start: int = 0, stop: int | None = None, sparse: bool = False
+    ) -> Iterator[tuple[int, Any]]:
         """Stream the matrix by rows.
 
         Parameters
@@ -409,20 +420,26 @@ class H5adReader:
             the chunk's non-zeros; it does not grow with ``n_obs``.
         start, stop
             Row range to stream (default: all rows).
+        sparse
+            Yield each chunk as CSR parts ``(indptr, indices, data)`` instead of a dense array:
+            ``indptr`` (n + 1,) int64 from 0, column ``indices`` int64 and ``data`` float32 of
+            the non-zeros, row by row in file order (a dense matrix is converted). Memory is then
+            the chunk's non-zeros only.
 
         Yields
         ------
-        (int, np.ndarray)
+        (int, np.ndarray or tuple)
             The index of the chunk's first row and its rows, ``(n, n_vars)`` float32 with
-            ``n <= chunk_size``.
+            ``n <= chunk_size`` (or the CSR parts with ``sparse``).
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         stop = self.n_obs if stop is None else min(int(stop), self.n_obs)
+        read = self._read_csr if sparse else self._read_rows
         with self._open() as f:
             for lo in range(max(0, int(start)), stop, chunk_size):
                 hi = min(lo + chunk_size, stop)
-                yield lo, self._read_rows(f, lo, hi)
+                yield lo, read(f, lo, hi)
 
     def read_all(self) -> np.ndarray:
         """The whole matrix, ``(n_obs, n_vars)`` float32 (small files only)."""

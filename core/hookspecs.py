@@ -32,7 +32,11 @@ against an API it does not know. Version 2 (this one): ``ModelInfo`` moved here;
 capabilities are ``ModelSpec`` fields (``embed``, ``load_pretrained``, ``penalty``,
 ``architecture``) instead of methods looked up on the model; ``TokenizerSpec.encode`` and
 ``make_input`` receive an :class:`Encoding` instead of the whole config. Added since, without
-breaking version 2: ``ModelSpec.pretrained_weights`` and ``ModelSpec.perturbation_scores``.
+breaking version 2 (defaults keep older plugins working): ``ModelSpec.pretrained_weights`` and
+``ModelSpec.perturbation_scores``; ``PluginConfig.tokenizers`` (several input kinds),
+``TokenizerSpec.accepts`` / ``inputs`` / ``feature_shape`` (which files a kind reads; fixed-shape
+feature records), ``ModelSpec.fit_inputs`` (input statistics fitted per fold) and
+``ModelInfo.input_kind``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,12 @@ class PluginConfig:
     modes : the modes this plugin supports (a subset of :data:`MODES`).
     tokenizer : the tokenizer kind it uses (``"atomic"`` one-hot sequences, or a kind the plugin
         registers itself through ``register_tokenizer``).
+    tokenizers : every kind the plugin reads, when it reads more than one input type (e.g.
+        ``("atomic", "expression", "array")``: one-hot sequences, ``.h5ad`` cells, ``.npy``
+        arrays); ``tokenizer`` must be among them. The kind of a run is then chosen from the
+        mode's data file — the first kind whose ``TokenizerSpec.accepts`` takes it — unless
+        ``tokenization: encoding`` names one; a file no kind takes is a one-line error listing
+        what the plugin reads. Empty = ``tokenizer`` only.
     version : the plugin's version, shown by ``biolm plugins``.
     fixed_length : batches are padded to ``blocksize`` (models with a fixed input size), instead
         of to the longest sequence in the batch.
@@ -88,10 +98,16 @@ class PluginConfig:
     training_defaults: dict[str, Any] = field(default_factory=dict)
     modes: tuple[str, ...] = ("tokenize", "fine-tune", "predict", "interpret")
     tokenizer: str = "atomic"
+    tokenizers: tuple[str, ...] = ()
     version: str = ""
     fixed_length: bool = False
     min_blocksize: int = 1
     max_blocksize: int | None = 1 << 20
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The tokenizer kinds this plugin reads (``tokenizers``, or just ``tokenizer``)."""
+        return self.tokenizers or (self.tokenizer,)
 
 
 @dataclass
@@ -102,13 +118,18 @@ class ModelInfo:
     ----------
     task : ``"regression"``, ``"classification"`` or ``"pre-train"``.
     n_outputs : regression targets (1) or number of classes (0 for pre-training).
-    in_channels : channels of the model input (one-hot vocabulary + modifier channels).
+    in_channels : channels C of the model input (one-hot vocabulary + modifier channels; for
+        feature inputs the array's first axis, 1 for expression).
     blocksize : maximum (or, for fixed-length models, exact) tokens per sequence: the one value
-        that sizes the input; it is saved with a trained model and read back from it.
+        that sizes the input; it is saved with a trained model and read back from it. For
+        feature inputs, the positions L per record (genes; an array's trailing axes).
     tokenizer : the fitted tokenizer (a :class:`Tokenizer`).
     extra : facts for the model (``vocab_size``; ``mlmprobability`` when pre-training).
     architecture : ``None`` when building a new model; when rebuilding a saved one (predict,
         interpret), what ``ModelSpec.architecture`` returned at save time.
+    input_kind : the tokenizer kind the input comes from (``"atomic"`` one-hot sequences,
+        ``"expression"`` cells x genes counts, ``"array"`` numeric arrays, or a plugin's kind):
+        a model that reads several kinds preprocesses by it.
     """
 
     task: str
@@ -118,6 +139,7 @@ class ModelInfo:
     tokenizer: Any = None
     extra: dict = field(default_factory=dict)
     architecture: dict | None = None
+    input_kind: str = "atomic"
 
 
 @dataclass(frozen=True)
@@ -156,6 +178,13 @@ class ModelSpec:
     fit : ``fit(model, batches, train_idx, task, model_cfg)`` for models fitted in one pass
         instead of by gradient descent (e.g. incremental PCA + a closed-form head).
         ``batches(indices, shuffle)`` yields ``(indices, input, y, weights)``.
+    fit_inputs : ``fit_inputs(model, batches, train_idx, model_cfg)`` fits input statistics on
+        the training split before ``fit`` or gradient-descent training, once per fold (e.g.
+        EIR's array normalization, per-feature z-scoring). Keep the statistics in the model's
+        buffers: they are then saved with the fold and reapplied unchanged by predict and
+        interpret. Under DDP read this rank's part (:func:`rank_share` of ``train_idx``) and
+        merge the ranks' sums (:class:`OnePassMeanVarStd` ``.merge_distributed``), so every
+        rank holds the statistics of the whole split.
     export : ``export(model, folddir)`` writes plugin-specific artefacts next to a trained fold
         (e.g. learned motifs).
     embed : ``embed(model, input) -> (B, D)`` per-sample embeddings (``predict`` with
@@ -190,6 +219,7 @@ class ModelSpec:
     pretrain_loss: Callable[..., Any] | None = None
     fast_loo: Callable[..., Any] | None = None
     fit: Callable[..., Any] | None = None
+    fit_inputs: Callable[..., Any] | None = None
     export: Callable[..., Any] | None = None
     embed: Callable[..., Any] | None = None
     load_pretrained: Callable[..., Any] | None = None
@@ -215,13 +245,26 @@ class TokenizerSpec:
         ``None`` (labels optional, kept as text) or ``"none"`` (no labels).
     make_input : ``make_input(tokenizer, batch, encoding) -> dict`` turns a collated store batch
         (``ids`` (B, L) int64 with -1 for padding/unknown and -2 for "masked", ``mods`` (B, L, M)
-        float32, ``lengths`` (B,)) into the model's input dict, on the batch's device.
+        float32, ``lengths`` (B,); for feature kinds ``features`` (B, *feature_shape) float32)
+        into the model's input dict, on the batch's device.
+    accepts : ``accepts(path) -> bool``: whether this kind reads the data file (or folder) at
+        ``path`` — how a plugin with several kinds picks one, and how a file the kind cannot
+        read becomes a clear error instead of a parse failure. ``None`` = any file.
+    inputs : a few words naming what the kind reads, for messages ("delimited text sequences").
+    feature_shape : ``feature_shape(tokenizer) -> tuple`` for kinds whose records are
+        fixed-shape float arrays instead of tokens (``encode`` yields :func:`feature_record`
+        records): the shape of one record. The model input is then (B, L, C) with C the first
+        axis (1 for a 1-D record) and L the product of the others, and L, not
+        ``settings.training.blocksize``, sizes the model (``ModelInfo.blocksize``).
     """
 
     fit: Callable[..., Any]
     load: Callable[..., Any]
     encode: Callable[..., Any]
     make_input: Callable[..., Any]
+    accepts: Callable[..., Any] | None = None
+    inputs: str = ""
+    feature_shape: Callable[..., Any] | None = None
 
 
 # ============================================================================ protocols
@@ -338,11 +381,17 @@ def on_train_end(state: Any) -> None:
 #   read_torch_state_dict                    torch.load(weights_only=True) with one-line errors (imports torch)
 #   write_text, write_json, atomic_path,     atomic writes (a file appears complete or not at all),
 #   read_json                                and reading JSON back
-#   EncodedRecord                            one record as TokenizerSpec.encode yields it
+#   EncodedRecord, feature_record            one record as TokenizerSpec.encode yields it (tokens;
+#                                            a fixed-shape feature array)
 #   DelimitedOptions, ReadStats,             the delimited-text reader: options from a data-source
 #   delimited_options, read_records          section, rows as records, skipped-row counts
 #   H5adReader, is_h5ad, obs_strings         the AnnData (.h5ad) reader: matrix chunks, obs/var
 #                                            columns, obs columns as label/split strings
+#   open_cells, match_genes                  an .h5ad data source as chunks of cells with ids,
+#                                            labels, splits, weights; genes matched by id
+#   OnePassMeanVarStd, ArrayNormalization,   per-feature statistics fitted in one pass with their
+#   rank_share                               DDP merge; EIR's array normalization; a rank's part of
+#                                            the training split (imports torch)
 #   InputAdapter                             wrap a module whose forward takes tensors (imports torch)
 #   onehot                                   store ids + modifiers -> one-hot input (imports torch)
 
@@ -365,6 +414,7 @@ _HELPERS = {
     "atomic_path": "outputs",
     "read_json": "outputs",
     "EncodedRecord": "store",
+    "feature_record": "store",
     "DelimitedOptions": "delimited",
     "ReadStats": "delimited",
     "delimited_options": "delimited",
@@ -372,6 +422,11 @@ _HELPERS = {
     "H5adReader": "h5ad",
     "is_h5ad": "h5ad",
     "obs_strings": "h5ad",
+    "open_cells": "cells",
+    "match_genes": "cells",
+    "OnePassMeanVarStd": "input_statistics",
+    "ArrayNormalization": "input_statistics",
+    "rank_share": "input_statistics",
     "InputAdapter": "adapters",
     "onehot": "atomic_tokenizer",
 }

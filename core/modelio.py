@@ -218,7 +218,7 @@ def load_fold(folddir: Path, registry: Any, device: Any = "cpu") -> FoldModel:
     scaler, encoder = read_scaler(folddir, meta)
     tok_spec = registry.tokenizer(meta.get("encoding", plugin.tokenizer))
     tokenizer = tok_spec.load(folddir / "tokenizer.json")
-    info = ModelInfo(task=meta["task"], n_outputs=meta["n_outputs"], in_channels=meta["in_channels"], blocksize=meta["blocksize"], tokenizer=tokenizer, extra=meta.get("extra", {}), architecture=meta.get("architecture"))
+    info = ModelInfo(task=meta["task"], n_outputs=meta["n_outputs"], in_channels=meta["in_channels"], blocksize=meta["blocksize"], tokenizer=tokenizer, extra=meta.get("extra", {}), architecture=meta.get("architecture"), input_kind=meta.get("encoding", plugin.tokenizer))
     try:
         model = registry.model(plugin.name).build(model_cfg, info)
     except BiolmError as e:

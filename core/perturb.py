@@ -167,3 +167,45 @@ def _with_scores(ens, scores_fn, base_inp, inp, positions, how):
         for k, v in extra.items():
             scores[k] = scores.get(k, 0.0) + v.double().cpu().numpy() * float(ens.weights[i])
     return ens.combine(outs), scores
+
+
+def score_rows(ens, base, preds, true_class: int | None, sid: str, label: str, tokens: list, replacements: list, offsets: np.ndarray) -> tuple[list[list], np.ndarray, float]:
+    """LOO scores of one record's perturbed copies, as CSV rows.
+
+    Parameters
+    ----------
+    ens : the ensemble (its ``task`` and ``classes``).
+    base : (O,) the ensemble's output for the record: label units, or class probabilities.
+    preds : (P, O) its outputs for the P perturbed copies.
+    true_class : index of the record's true class (classification with labels), else ``None``.
+    sid, label : the record's id and label text (``""`` without labels).
+    tokens, replacements : (P,) the token text and replacement of each copy.
+    offsets : (P,) int, the position of each copy's change in the original record.
+
+    Returns
+    -------
+    rows : the CSV rows (``sequence, token, replacement, label, pred, start_offset, end_offset,
+        loo`` and, for classification, ``loo_true_class``).
+    loo : (P,) float64, ``prediction(perturbed) - prediction(original)`` in label units, or the
+        change of the probability of the originally predicted class.
+    base_value : the original prediction (of that class).
+    """
+    loo_true = None
+    if ens.task == "regression":
+        base_v = float(base)
+        loo = (preds.double() - base_v).cpu().numpy()
+        pred_text = f"{base_v:.6g}"
+    else:
+        cls = int(base.argmax())
+        base_v = float(base[cls])
+        loo = (preds[:, cls].double() - base_v).cpu().numpy()
+        pred_text = ens.classes[cls]
+        if true_class is not None:
+            loo_true = (preds[:, true_class].double() - float(base[true_class])).cpu().numpy()
+    rows = []
+    for j, p in enumerate(offsets):
+        row = [sid, tokens[j], replacements[j], label, pred_text, int(p), int(p) + 1, f"{loo[j]:.6g}"]
+        if ens.task == "classification":
+            row.append(f"{loo_true[j]:.6g}" if loo_true is not None else "")
+        rows.append(row)
+    return rows, loo, base_v

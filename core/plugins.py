@@ -61,20 +61,29 @@ class Registry:
 
 
 class _CoreTokenizers:
-    """core's own ``atomic`` kind, registered through the same hook as plugins' kinds. Its module
-    (numpy) is imported when the tokenizer is first used, so listing plugins stays light."""
+    """core's own kinds, registered through the same hook as plugins' kinds: ``atomic`` (one-hot
+    sequences), ``expression`` (.h5ad cells) and ``array`` (.npy arrays). Their modules (numpy)
+    are imported when a tokenizer is first used, so listing plugins stays light."""
 
     @hookimpl
     def register_tokenizer(self, register):
-        def lazy(name: str):
-            def call(*args):
-                from . import atomic_tokenizer
+        import importlib
 
-                return getattr(atomic_tokenizer, name)(*args)
+        from . import input_kinds
+
+        def lazy(module: str, name: str):
+            def call(*args):
+                return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args)
 
             return call
 
-        register("atomic", TokenizerSpec(fit=lazy("fit"), load=lazy("load"), encode=lazy("encode"), make_input=lazy("make_input")))
+        def spec(module: str, **kw):
+            return TokenizerSpec(fit=lazy(module, "fit"), load=lazy(module, "load"), encode=lazy(module, "encode"), **kw)
+
+        register("atomic", spec("atomic_tokenizer", make_input=lazy("atomic_tokenizer", "make_input"), accepts=input_kinds.reads_text, inputs="delimited text sequences"))
+        features = dict(make_input=lazy("feature_tokenizer", "make_input"), feature_shape=lazy("feature_tokenizer", "feature_shape"))
+        register("expression", spec("expression_tokenizer", accepts=input_kinds.reads_h5ad, inputs=".h5ad expression (cells x genes)", **features))
+        register("array", spec("array_tokenizer", accepts=input_kinds.reads_arrays, inputs=".npy/.npz arrays", **features))
 
 
 def _allowed() -> set[str] | None:

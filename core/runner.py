@@ -18,6 +18,7 @@ from .config import default_outputpath, dump_resolved, load_yaml, resolve
 from .errors import BiolmError, ConfigError, as_user_error
 from .folderlock import FolderLock
 from .hookspecs import Encoding, PluginConfig
+from .input_kinds import choose_kind, input_shape
 from .logs import close_logger, setup_logger
 from .modes import MODES, TASKS
 from .outputs import write_text
@@ -89,9 +90,12 @@ class Run:
     def model_spec(self):
         return self.registry.model(self.plugin.name)
 
-    def encoding(self) -> Encoding:
-        """How records are cut to the model input, from the config (training modes)."""
-        return Encoding(self.cfg.settings.training.blocksize, self.cfg.tokenization.lefttailing, self.cfg.settings.data_preprocessing.centertoken)
+    def encoding(self, tokenizer: Any = None) -> Encoding:
+        """How records are cut to the model input, from the config (training modes); for
+        fixed-shape feature records the input length is the tokenizer's (positions per record)."""
+        shape = self.tokenizer_spec.feature_shape
+        blocksize = self.cfg.settings.training.blocksize if shape is None or tokenizer is None else input_shape(shape(tokenizer))[0]
+        return Encoding(blocksize, self.cfg.tokenization.lefttailing, self.cfg.settings.data_preprocessing.centertoken)
 
     def versions(self) -> dict:
         from importlib.metadata import PackageNotFoundError, version
@@ -132,8 +136,11 @@ class Run:
         options = dict(options, label_kind=label_kind)
         digest = source_hash(source.filepath, options, tokenizer.sha())
 
+        shape = spec.feature_shape(tokenizer) if spec.feature_shape is not None else None
+
         def build(p):
-            build_store(p, records, {"source": str(source.filepath), "source_hash": digest, "options": options}, tokenizer.n_modifiers)
+            meta = {"source": str(source.filepath), "source_hash": digest, "options": options}
+            build_store(p, records, meta, 1 if shape is not None else tokenizer.n_modifiers, feature_shape=shape)
 
         return open_or_build(self.modedir / "dataset.h5", digest, build, log=self.log.info)
 
@@ -184,6 +191,7 @@ def prepare(plugin_name: str, mode: str, task: str | None, configfile: str | Pat
     cfg = _resolve(plugin, mode, configfile, cli_values)
     if not getattr(cfg, MODES[mode].source).filepath:
         raise ConfigError(f"{section_title(MODES[mode].source)}.filepath", f"required for {mode} (the data file to read)", str(configfile) if configfile else None)
+    cfg.tokenization.encoding = choose_kind(registry, plugin, cfg.tokenization.encoding, getattr(cfg, MODES[mode].source).filepath)
     outdir, modedir = output_folder(cfg, mode)
     from .distributed import world
 

@@ -84,12 +84,16 @@ class DataSource:
     idpos: int = opt(1, "1-based column of the sequence identifier.", minimum=1)
     seqpos: int = opt(2, "1-based column of the sequence.", minimum=1)
     on_bad_row: str = opt("error", "What to do with a malformed row: 'error' stops with file and line, 'skip' skips and counts it.", choices=("error", "skip"))
+    layer: str | None = opt(None, "For .h5ad input: the matrix to read; unset = X, 'raw' = raw/X, another name = layers/<name> (raw counts).", parse=P.TEXT_OR_FALSE, false_is_unset=True)
+    genecolumn: str | None = opt(None, "For .h5ad input: the var column holding the gene ids; unset = the var index.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
+    idfile: str | None = opt(None, "For one .npy holding every sample: a text file with one sample id per line, in row order (a .npz brings its own 'ids').", parse=P.PATH)
 
 
 @dataclass
 class LabelledSource(DataSource):
     labelpos: int | None = opt(None, "1-based column of the label (regression value or class); unset = no labels.", parse=P.COLUMN, false_is_unset=True)
     labelcolumn: str | None = opt(None, "For .h5ad input: the obs column holding the label.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
+    labelfile: str | None = opt(None, "For .npy array input: a delimited file of id (idpos), label (labelpos), split (splitpos) and weight (weightpos) columns, keyed by sample id.", parse=P.PATH)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class TokenizingSource(DataSource):
 class FineTuningSource(LabelledSource):
     labelpos: int | None = opt(3, "1-based column of the label (regression value or class).", parse=P.COLUMN, false_is_unset=True)
     weightpos: int | None = opt(None, "1-based column of per-sample loss weights for regression: numbers, or quality labels mapped by 'qualityweights'.", parse=P.COLUMN, false_is_unset=True)
+    weightcolumn: str | None = opt(None, "For .h5ad input: the obs column holding per-cell loss weights (as weightpos).", parse=P.TEXT_OR_FALSE, false_is_unset=True)
     splitpos: int | None = opt(None, "1-based column of a split identifier; overrules splitratio. Needed for devsplits/testsplits.", parse=P.COLUMN, false_is_unset=True)
     splitcolumn: str | None = opt(None, "For .h5ad input: the obs column holding split identifiers.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
     crossvalidation: Any = opt(False, "False = no cross-validation; an integer k = k folds on random splits (splitratio); True = folds from the lists of lists in devsplits/testsplits.", parse=P.FOLDS)
@@ -123,7 +128,7 @@ class InferenceSource(LabelledSource):
 @dataclass
 class Tokenization:
     samplesize: int | None = opt(None, "Learn the tokenizer on a seeded random subsample of this many rows; unset = all rows.", parse=P.INT, minimum=1, modes={"tokenize"})
-    encoding: str = opt("atomic", "Tokenizer kind; 'atomic' = one-hot of distinct tokens (+ modifier channels). Plugins may need another kind (geneformer: 'generank').", parse=P.TEXT)
+    encoding: str = opt("atomic", "Tokenizer kind; 'atomic' = one-hot of distinct tokens (+ modifier channels), 'expression' = .h5ad cells, 'array' = .npy arrays, 'auto' = chosen from the data file (plugins reading several kinds). Plugins may need another kind (geneformer: 'generank').", parse=P.TEXT)
     lefttailing: bool = opt(True, "Sequences longer than blocksize: True keeps the right end (cuts from the left), False keeps the left end.", modes=DATA_MODES)
 
 
@@ -184,6 +189,7 @@ class LooScores:
     replacespecifier: bool = opt(True, "handletokens replace: a modified token is also replaced by its unmodified form (modifier channels zeroed).", modes={"interpret"})
     plotsequences: int = opt(5, "Draw per-position importance plots for this many sequences.", minimum=0, modes={"interpret"})
     maxpositions: int = opt(4096, "Perturbed inputs evaluated per chunk (bounds memory).", minimum=1, modes={"interpret"})
+    positionnames: str | None = opt(None, "For .npy array input: a text file with one name per position of the sequence axis (e.g. SNP ids) for the token column; unset = the position index.", parse=P.PATH, modes={"interpret"})
 
 
 @dataclass

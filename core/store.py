@@ -13,6 +13,13 @@ corrupted chunk is a read error, never silently wrong token ids)::
     /starts          (n,)       int64       first kept token in the original sequence
     /orig_lengths    (n,)       int64       length of the original sequence
 
+Feature stores (``meta`` attributes ``record_kind = "features"`` and ``feature_shape``, JSON):
+a record is a float32 array of one fixed shape (an expression profile of G genes, an array of
+shape (C, L), ...), kept as its non-zero entries — ``tokens`` holds their flat (C-order)
+indices, ``modifiers`` (T, 1) their values. A sparse count matrix thus stays sparse on disk, and
+every path below (streaming writes, merged lazy reads, hashing, splits) serves both kinds.
+:meth:`Store.read_features` returns the dense (B, *feature_shape) batch.
+
 Why HDF5 and this layout: training reads random batches lazily, so memory stays bounded as
 data grows; flat arrays + offsets hold variable-length sequences without padding; nothing is
 ever pickled. The file is written through :func:`~biolm.core.outputs.atomic_path` (a temporary
@@ -43,6 +50,7 @@ __all__ = [
     "SourceHash",
     "source_hash",
     "build_store",
+    "feature_record",
     "Store",
     "open_or_build",
 ]
@@ -87,6 +95,32 @@ class EncodedRecord:
     orig_len: int | None = None
 
 
+def feature_record(id: str, values: np.ndarray, indices: np.ndarray | None = None, label: str | None = None, weight: str | None = None, split: str | None = None) -> EncodedRecord:
+    """A feature record (for a store built with ``feature_shape``).
+
+    Parameters
+    ----------
+    id : record id.
+    values : the dense record (any shape; flattened in C order), or with ``indices`` (nnz,) the
+        values at those flat indices only (a sparse row, e.g. one cell of a CSR matrix).
+    label, weight, split : raw strings or ``None``.
+
+    Returns
+    -------
+    EncodedRecord : ``ids`` the non-zeros' flat indices (int32), ``mods`` their values (nnz, 1).
+    """
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if indices is None:
+        indices = np.flatnonzero(values)
+        values = values[indices]
+    else:
+        indices = np.asarray(indices).reshape(-1)
+        keep = values != 0
+        if not keep.all():
+            indices, values = indices[keep], values[keep]
+    return EncodedRecord(id, indices.astype(np.int32, copy=False), values[:, None], label, weight, split, 0, None)
+
+
 class SourceHash(str):
     """A source hash (hex str) that also carries its parts, so a rebuild can say what changed.
 
@@ -109,7 +143,13 @@ def _canonical(obj) -> str:
 
 
 def file_sha256(filepath: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 (hex) of a file's bytes, streamed."""
+    """sha256 (hex) of a file's bytes, streamed; of a folder, over its files' names and hashes."""
+    if os.path.isdir(filepath):
+        h = hashlib.sha256()
+        for name in sorted(os.listdir(filepath)):
+            if os.path.isfile(os.path.join(filepath, name)):
+                h.update(f"{name}\0{file_sha256(os.path.join(filepath, name), chunk)}\0".encode("utf-8"))
+        return h.hexdigest()
     h = hashlib.sha256()
     try:
         with open(filepath, "rb") as f:
@@ -150,12 +190,14 @@ def _h5py():
 
 
 class _Writer:
-    """Appends blocks of records to resizable datasets."""
+    """Appends blocks of records to resizable datasets; ``size``: feature records' flat size
+    (their indices are checked against it), ``None`` for token records."""
 
-    def __init__(self, f, n_modifiers: int):
+    def __init__(self, f, n_modifiers: int, size: int | None = None):
         h5py = _h5py()
         self.f = f
         self.m = n_modifiers
+        self.size = size
         s = h5py.string_dtype("utf-8")
         kw = _COMPRESSION
 
@@ -189,6 +231,8 @@ class _Writer:
         if ids.ndim != 1:
             raise ValueError(f"record {r.id!r}: ids must be 1-D, got shape {ids.shape}")
         n = len(ids)
+        if self.size is not None and n and (ids.min() < 0 or ids.max() >= self.size):
+            raise ValueError(f"record {r.id!r}: feature indices must lie in [0, {self.size}), got {ids.min()} .. {ids.max()}")
         if self.m:
             mods = np.asarray(r.mods, dtype=np.float32)
             if mods.shape != (n, self.m):
@@ -232,7 +276,7 @@ class _Writer:
         self._reset()
 
 
-def build_store(path: str | os.PathLike, records: Iterable[EncodedRecord], meta: dict, n_modifiers: int) -> None:
+def build_store(path: str | os.PathLike, records: Iterable[EncodedRecord], meta: dict, n_modifiers: int, feature_shape: Sequence[int] | None = None) -> None:
     """Write records to an HDF5 store at ``path``, atomically and in constant memory.
 
     Parameters
@@ -244,9 +288,17 @@ def build_store(path: str | os.PathLike, records: Iterable[EncodedRecord], meta:
     meta : JSON-able dict saved in the ``meta`` group; its ``source_hash`` (a str or
         :class:`SourceHash`) is what :func:`open_or_build` compares.
     n_modifiers : m, the modifier channel count (every record's ``mods`` is (n, m)).
+    feature_shape : for a feature store, the shape of every record (records made by
+        :func:`feature_record`; ``n_modifiers`` is then 1); ``None`` for token records.
     """
     from .outputs import atomic_hdf5
 
+    size = None
+    if feature_shape is not None:
+        shape = [int(d) for d in feature_shape]
+        size = int(np.prod(shape))
+        if n_modifiers != 1 or size >= 2**31:
+            raise ValueError(f"a feature store holds one value per index (n_modifiers 1, got {n_modifiers}) and fewer than 2**31 entries per record (got {size})")
     with atomic_hdf5(path) as (f, guard):
         g = f.create_group("meta")
         g.attrs["format_version"] = STORE_FORMAT
@@ -254,8 +306,11 @@ def build_store(path: str | os.PathLike, records: Iterable[EncodedRecord], meta:
         g.attrs["source_hash"] = str(sh)
         g.attrs["source_hash_parts"] = _canonical(getattr(sh, "parts", {}))
         g.attrs["meta"] = _canonical(meta)
+        if size is not None:
+            g.attrs["record_kind"] = "features"
+            g.attrs["feature_shape"] = json.dumps(shape)
         g.attrs["n_modifiers"] = int(n_modifiers)
-        w = _Writer(f, int(n_modifiers))
+        w = _Writer(f, int(n_modifiers), size)
         for r in records:
             w.add(r)
             if guard.error is not None:  # the disk is full: the rest would be dropped anyway
@@ -339,12 +394,20 @@ class Store:
                 d[k] = int(a[k])
             d["source_hash"] = str(a["source_hash"])
             d["source_hash_parts"] = json.loads(a.get("source_hash_parts", "{}"))
+            d["record_kind"] = str(a.get("record_kind", "tokens"))
+            d["feature_shape"] = json.loads(a["feature_shape"]) if "feature_shape" in a else None
             self._cache["meta"] = d
         return self._cache["meta"]
 
     @property
     def n_modifiers(self) -> int:
         return self.meta["n_modifiers"]
+
+    @property
+    def feature_shape(self) -> tuple[int, ...] | None:
+        """The shape of every record of a feature store; ``None`` for a token store."""
+        shape = self.meta["feature_shape"]
+        return None if shape is None else tuple(shape)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -467,6 +530,23 @@ class Store:
         with self._reading():
             read_run(run)
         return ids, mods, lengths
+
+    def read_features(self, indices: Sequence[int]) -> np.ndarray:
+        """Records of a feature store as a dense batch, in the order given (one merged read,
+        as :meth:`read_batch`).
+
+        Returns
+        -------
+        np.ndarray : float32, shape (B, *feature_shape).
+        """
+        shape = self.feature_shape
+        if shape is None:
+            raise ValueError(f"{self.path} holds token records, not features")
+        ids, mods, lengths = self.read_batch(indices)
+        out = np.zeros((len(ids), int(np.prod(shape))), dtype=np.float32)
+        rows, cols = np.nonzero(np.arange(ids.shape[1])[None, :] < lengths[:, None])
+        out[rows, ids[rows, cols]] = mods[rows, cols, 0]
+        return out.reshape((len(ids),) + shape)
 
 
 def _stored_hash(path: str) -> tuple[str | None, dict, int | None, str | None]:

@@ -16,16 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from biolm.plugins.lcl.model import (
-    LCL,
-    LCL_MODEL_DEFAULTS,
-    LCLAttentionBlock,
-    LCLModel,
-    LCLPredictor,
-    LCLResidualBlock,
-    flatten_channels_last,
-    load_eir_weights,
-)
+from biolm.plugins.lcl.eir_weights import load_eir_weights
+from biolm.plugins.lcl.layers import LCL, LCLAttentionBlock, LCLResidualBlock
+from biolm.plugins.lcl.network import LCL_MODEL_DEFAULTS, LCLModel, LCLPredictor, flatten_channels_last
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lcl"
 CONFIGS = ["default", "config2_layers21_kw8_ceb3", "config3_auto_attention_kw8_ceb3"]

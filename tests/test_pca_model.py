@@ -1,4 +1,4 @@
-"""Parity and behaviour tests for biolm.plugins.pca.model (IncrementalPCA, OnePassMeanVarStd, PCAPredictor).
+"""Parity and behaviour tests for IncrementalPCA, PCAPredictor (biolm.plugins.pca) and OnePassMeanVarStd (biolm.core.input_statistics).
 
 Golden numbers: tests/fixtures/pca/ (cellarium-ml 0.0.15 + sklearn; see its README.md for the tolerances).
 """
@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from biolm.plugins.pca.model import IncrementalPCA, OnePassMeanVarStd, PCAPredictor
+from biolm.core.input_statistics import OnePassMeanVarStd
+from biolm.plugins.pca.ipca import IncrementalPCA
+from biolm.plugins.pca.predictor import PCAPredictor
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "pca")
 

@@ -280,7 +280,7 @@ class _Adapter(torch.nn.Module):
 
 
 def test_lcl_channel_major_flattening_and_fallback(monkeypatch):
-    from biolm.plugins.lcl.model import LCLPredictor
+    from biolm.plugins.lcl.network import LCLPredictor
 
     L, V = 48, 4
     net = LCLPredictor(L, V, 3, head_hidden=8, kernel_width=8, cutoff=32, flatten_order="channel_major").eval()

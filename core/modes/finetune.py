@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import metrics as M
 from ..errors import ConfigError, DataError
-from ..fold_training import best_epoch, build_model, check_blocksize, fingerprint, fit_one_pass, loss_name, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
+from ..fold_training import best_epoch, build_model, check_blocksize, fingerprint, fit_inputs, fit_one_pass, loss_name, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
 from ..hookspecs import ModelInfo
 from ..outputs import write_json
 from ..publish import publication
@@ -33,7 +33,7 @@ def execute(run: Any) -> dict:
         store = run.store(tokenizer, "float" if run.task == "regression" else "str")
     split_ids = list(store.splits) if (src.splitpos or src.splitcolumn) else None
     folds = make_folds(len(store), split_ids, crossvalidation=src.crossvalidation, splitratio=src.splitratio, devsplits=src.devsplits, testsplits=src.testsplits, cvscheme=src.cvscheme, seed=cfg.seed)
-    weights = parse_weights(list(store.weights), tr.qualityweights, src.filepath) if src.weightpos else None
+    weights = parse_weights(list(store.weights), tr.qualityweights, src.filepath) if (src.weightpos or src.weightcolumn) else None
     if weights is not None and run.task != "regression":
         run.log.warning("weightpos is used for regression only; ignored for classification")
         weights = None
@@ -109,12 +109,13 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
     folddir = run.modedir / fold.name  # its checkpoints (the results go to outdir)
     raw = list(store.labels)
     y, scaler, encoder, task = targets(run, raw, fold)
-    encoding = run.encoding()
-    info = ModelInfo(task=run.task, n_outputs=task.n_outputs, in_channels=tokenizer.n_channels, blocksize=encoding.blocksize, tokenizer=tokenizer, extra={"vocab_size": len(tokenizer.vocab)})
+    encoding = run.encoding(tokenizer)
+    info = ModelInfo(task=run.task, n_outputs=task.n_outputs, in_channels=tokenizer.n_channels, blocksize=encoding.blocksize, tokenizer=tokenizer, extra={"vocab_size": len(tokenizer.vocab)}, input_kind=run.cfg.tokenization.encoding)
     check_batch_memory(lambda b: run.tokenizer_spec.make_input(tokenizer, b, encoding), tokenizer.n_modifiers, tr.batchsize, encoding.blocksize, device)
     model = build_model(run, info, device)
     init = start_from_pretrained(run, model)
     batches = make_batches(run, store, tokenizer, device, encoding, y, weights)
+    fit_inputs(run, model, batches, fold.train)
     if run.model_spec.fit is not None:
         trained = fit_one_pass(run, model, batches, fold.train, task)
     else:

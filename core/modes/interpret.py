@@ -35,7 +35,7 @@ import numpy as np
 from ..ensemble import load_ensemble, model_encoding, open_store, selected_indices, tokenizer_spec
 from ..errors import ConfigError
 from ..outputs import write_atomic, write_text
-from ..perturb import fast_scores, full_forward_scores, plan, token_text, unknown_replacements
+from ..perturb import fast_scores, full_forward_scores, plan, score_rows, token_text, unknown_replacements
 from ..publish import publication
 
 HEADER = ["sequence", "token", "replacement", "label", "pred", "start_offset", "end_offset", "loo"]
@@ -64,6 +64,10 @@ def execute(run: Any) -> dict:
             run.log.warning("replacementdict: %d token(s) not in the vocabulary are ignored: %s", len(unknown), ", ".join(unknown[:10]))
     store = open_store(run, ens)
     idx = selected_indices(run, store)
+    if store.feature_shape is not None:  # expression / array input: genes knocked out, positions masked
+        from ..feature_loo import feature_scores
+
+        return feature_scores(run, ens, store, idx, publish_scores)
     tok_spec = tokenizer_spec(run, ens)
     encoding = model_encoding(run, ens)
     pad_to = encoding.blocksize if ens.meta.get("fixed_length") else None
@@ -100,27 +104,13 @@ def execute(run: Any) -> dict:
                 preds = fast_scores(fast, ens, tok_spec, tok, encoding, base_inp, ids_t, mods_t, n, positions, how, rids, zmods)
             else:
                 preds, extra = full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, positions, how, rids, zmods, lc.maxpositions, cfg.settings.training.batchsize, scores_fn, base_inp)
-            if ens.task == "regression":
-                base_v = float(base)
-                loo = (preds.double() - base_v).cpu().numpy()
-                pred_text = f"{base_v:.6g}"
-                loo_true = None
-            else:
-                cls = int(base.argmax())
-                base_v = float(base[cls])
-                loo = (preds[:, cls].double() - base_v).cpu().numpy()
-                pred_text = ens.classes[cls]
-                loo_true = (preds[:, int(true_idx[k])].double() - float(base[int(true_idx[k])])).cpu().numpy() if true_idx is not None else None
             start = int(starts[i])
             sid = store.ids[i]
-            label = raw_labels[i] if labelled else ""
             texts = [token_text(tok, int(ids_np[p]), mods_np[p], run.source.specifiersep) for p in range(n_seen)]
-            for j, p in enumerate(positions):
-                row = [sid, texts[p], repl[j], label, pred_text, start + int(p), start + int(p) + 1, f"{loo[j]:.6g}"]
-                if ens.task == "classification":
-                    row.append(f"{loo_true[j]:.6g}" if loo_true is not None else "")
-                rows.append(row)
-                extra_rows.append({k: f"{v[j]:.6g}" for k, v in extra.items()})
+            true_class = int(true_idx[k]) if true_idx is not None else None
+            new_rows, loo, base_v = score_rows(ens, base, preds, true_class, sid, raw_labels[i] if labelled else "", [texts[p] for p in positions], repl, start + positions)
+            rows.extend(new_rows)
+            extra_rows.extend({key: f"{v[j]:.6g}" for key, v in extra.items()} for j in range(len(positions)))
             per_pos = _per_position(positions, loo, n_seen)
             explanations.append((sid, per_pos, base_v, texts, start))
             if len(plot_data) < lc.plotsequences:
@@ -128,9 +118,14 @@ def execute(run: Any) -> dict:
             n_pos += len(positions)
             progress.advance(1, f"LOO {n_pos / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
         progress.finish()
-    elapsed = time.perf_counter() - t0
+    return publish_scores(run, how, rows, explanations, plot_data, n_pos, time.perf_counter() - t0, ens.task == "classification", tok.positional, extra_rows)
+
+
+def publish_scores(run: Any, how: str, rows: list, explanations: list, plot_data: list, n_pos: int, elapsed: float, classification: bool, positional: bool, extra_rows: list | None = None) -> dict:
+    """Write the scores (all or nothing, replacing an earlier run's) and return the mode's summary;
+    ``extra_rows`` as for :func:`write_scores`."""
     with publication(run.modedir, replaces=(f"loo_scores_{how}.csv", f"loo_scores_{how}.pkl", f"loo_{how}_*.png")) as staging:
-        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=ens.task == "classification", positional=tok.positional, extra_rows=extra_rows)
+        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=classification, positional=positional, extra_rows=extra_rows)
     csv_path, pkl_path = run.modedir / csv_path.name, run.modedir / pkl_path.name
     rate = n_pos / max(elapsed, 1e-9)
     run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s)", len(explanations), n_pos, elapsed, rate)

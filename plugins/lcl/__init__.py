@@ -1,7 +1,10 @@
 """The ``lcl`` plugin: EIR's locally connected network ("genome-local-net", eir-dl 0.25.0).
 
-The one-hot sequence of a fixed block size is flattened position by position and fed to the
-LCL feature extractor, then to a small regression/classification head.
+Two inputs, the tokenizer kind chosen from the data file: one-hot sequences of a fixed block
+size (``atomic``; delimited text), or EIR's array input (``array``; ``.npy``/``.npz``, channels
+first, e.g. one-hot genotypes of shape (4, n_snps)), normalised as EIR does (``normalization``,
+fitted on each fold's training split and saved with it). The input (L, C) is flattened position
+by position and fed to the LCL feature extractor, then to a small regression/classification head.
 """
 
 from __future__ import annotations
@@ -30,19 +33,33 @@ class LCLSchema:
     attention_inclusion_cutoff: int | None = opt(None, "Add attention blocks once the length dimension is at most this; unset = none.", parse=parsers.INT, minimum=1, modes=TRAIN)
     head_hidden: int = opt(256, "Hidden width of the regression/classification head.", minimum=1, modes=TRAIN)
     head_dropout: float = opt(0.1, "Dropout in the head.", minimum=0.0, maximum=1.0, modes=TRAIN)
+    normalization: str = opt("channel", "Array input: EIR's normalization fitted on the training split: channel, element or none.", choices=("channel", "element", "none"), modes=TRAIN)
+    adaptive_normalization_max_samples: int | None = opt(None, "Array input: fit the normalization on at most this many (random) training samples; unset = all.", parse=parsers.INT, minimum=1, modes=TRAIN)
+
+    def network_options(self) -> dict:
+        """The keyword arguments of :class:`~.network.LCLPredictor` (the input options removed)."""
+        kw = dataclasses.asdict(self)
+        del kw["normalization"], kw["adaptive_normalization_max_samples"]
+        return kw
 
 
 def _build(model_cfg: LCLSchema, info):
-    from biolm.core.hookspecs import InputAdapter
+    from biolm.core.hookspecs import ArrayNormalization, InputAdapter
 
-    from .model import LCLPredictor
+    from .network import LCLPredictor
 
-    kw = dataclasses.asdict(model_cfg)
+    norm = ArrayNormalization(info.blocksize, info.in_channels, model_cfg.normalization) if info.input_kind == "array" else None
     try:
-        net = LCLPredictor(info.blocksize, info.in_channels, info.n_outputs, **kw)
+        net = LCLPredictor(info.blocksize, info.in_channels, info.n_outputs, input_normalization=norm, **model_cfg.network_options())
     except ValueError as exc:
         raise ConfigError("model", str(exc)) from None
     return InputAdapter(net, ("x",))
+
+
+def _fit_inputs(model, batches, train_idx, model_cfg: LCLSchema):
+    """EIR's array normalization, fitted on the fold's training split (array input only)."""
+    if model.net.input_norm is not None:
+        model.net.input_norm.fit(batches, train_idx, model_cfg.adaptive_normalization_max_samples)
 
 
 def _penalty(model):
@@ -55,10 +72,11 @@ def register_config(register):
     register(
         PluginConfig(
             name="lcl",
-            description="EIR's locally connected network (genome-local-net) on fixed-length one-hot sequences.",
+            description="EIR's locally connected network (genome-local-net) on fixed-length one-hot sequences or .npy arrays.",
             model_schema=LCLSchema,
             training_defaults=dict(lr=1e-3, weightdecay=1e-4, batchsize=32, blocksize=1024, optimizer="adamw"),
             modes=("tokenize", "fine-tune", "predict", "interpret"),
+            tokenizers=("atomic", "array"),
             fixed_length=True,
             max_blocksize=1 << 17,  # its first layer's weights grow with the input length
         )
@@ -74,4 +92,4 @@ def _fast_loo(model, inp, n, positions, rows):
 
 @hookimpl
 def register_model(register):
-    register("lcl", ModelSpec(build=_build, penalty=_penalty, fast_loo=_fast_loo))
+    register("lcl", ModelSpec(build=_build, penalty=_penalty, fit_inputs=_fit_inputs, fast_loo=_fast_loo))

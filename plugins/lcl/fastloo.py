@@ -131,7 +131,7 @@ class _DenseBlock:
     residual block without dropout / stochastic depth, or an attention block (see :func:`_attention`)."""
 
     def __init__(self, blk: nn.Module):
-        from .model import LCLResidualBlock
+        from .layers import LCLResidualBlock
 
         self.blk = blk
         self.residual = isinstance(blk, LCLResidualBlock)
@@ -176,7 +176,7 @@ def _attention(blk, x: torch.Tensor) -> torch.Tensor:
 
 
 def _supported(body) -> bool:
-    from .model import LCL, LCLResidualBlock
+    from .layers import LCL, LCLResidualBlock
 
     blk = body.lcl_blocks[0] if len(body.lcl_blocks) else None
     return (isinstance(blk, LCLResidualBlock) and blk._identity_from_normed and isinstance(body.fc_0, LCL)

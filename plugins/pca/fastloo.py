@@ -46,7 +46,7 @@ def _threads(n: int):
 
 
 def _net(model):
-    """The :class:`~biolm.plugins.pca.model.PCAPredictor` inside the plugin's ``InputAdapter``."""
+    """The :class:`~biolm.plugins.pca.predictor.PCAPredictor` inside the plugin's ``InputAdapter``."""
     return getattr(model, "net", model)
 
 
