@@ -7,9 +7,9 @@ them:
 
 * fallback = ``full_forward_scores``: ``perturb`` the token ids, one-hot them with the atomic
   tokenizer's ``make_input``, run the model, in chunks of ``min(maxpositions=4096,
-  256e6 / (4 L C))`` copies. It is timed on an evenly spaced subset (``--fallback-max``
+  16e6 / (4 L C))`` copies. It is timed on an evenly spaced subset (``--fallback-max``
   perturbations, default 1024; its cost per copy does not depend on the position).
-* fast = ``fast_scores``: the new rows made by ``make_input`` from one-token batches, then the
+* fast = ``fast_fold_outputs``: the new rows made by ``make_input`` from one-token batches, then the
   plugin's ``fast_loo(model, inp, n, positions, rows)`` on all perturbations.
 
 Both are timed interleaved ``--repeats`` times in this one process, short calls back to back for
@@ -71,7 +71,7 @@ def sequence(L: int, n: int, seed: int):
 def core_fallback(model, ids, mods, n, pos, rids, maxpositions: int = 4096) -> torch.Tensor:
     """``perturb.full_forward_scores`` for one fold (no ensemble wrapper)."""
     L, C = ids.shape[0], len(VOCAB) + mods.shape[-1]
-    chunk = int(max(1, min(maxpositions, 256_000_000 // (4 * L * C))))
+    chunk = int(max(1, min(maxpositions, 16_000_000 // (4 * L * C))))
     zmods = np.zeros(len(pos), dtype=bool)
     outs = []
     for s in range(0, len(pos), chunk):
@@ -82,7 +82,7 @@ def core_fallback(model, ids, mods, n, pos, rids, maxpositions: int = 4096) -> t
 
 
 def core_fast(fast, model, ids, mods, n, pos, rids) -> torch.Tensor:
-    """``perturb.fast_scores`` for one fold: new rows from one-token batches, then the plugin routine."""
+    """``perturb.fast_fold_outputs`` for one fold: new rows from one-token batches, then the plugin routine."""
     base_inp = _make_input(Tok, {"ids": ids[None], "mods": mods[None], "lengths": torch.tensor([n])}, None)
     p = torch.as_tensor(pos)
     row_ids = torch.as_tensor(rids)

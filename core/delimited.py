@@ -30,13 +30,13 @@ import math
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 
-__all__ = ["DelimitedOptions", "Record", "ReadStats", "read_records", "GZIP_MAGIC"]
+__all__ = ["DelimitedOptions", "Record", "ReadStats", "BadRow", "read_records", "read_rows", "parse_tokens", "GZIP_MAGIC"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 _MAX_REASONS = 5
@@ -162,11 +162,15 @@ class ReadStats:
     header: str | None = None
 
 
-class _BadRow(Exception):
+class BadRow(Exception):
+    """A malformed row: ``msg`` says why, ``column`` (1-based) where, if known."""
+
     def __init__(self, msg: str, column: int | None = None):
         super().__init__(msg)
         self.msg = msg
         self.column = column
+
+_BadRow = BadRow
 
 
 def _open_binary(path: str):
@@ -312,45 +316,28 @@ def _parse_sequence(
     return tokens, None
 
 
-def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iterator[Record]:
-    """Stream the records of a delimited-text file, in file order, in constant memory.
+def read_rows(
+    path: str,
+    columnsep: str,
+    parse: Callable[[list[str], int, bool], Any],
+    *,
+    stripheader: bool = False,
+    on_bad_row: str = "error",
+    stats: ReadStats | None = None,
+) -> Iterator[Any]:
+    """Stream ``parse(fields, line, quoted)`` for every data row of a delimited-text file.
 
-    Parameters
-    ----------
-    opts : parsing options.
-    stats : optional counters, updated as records are read (skipped rows, reasons, header).
-
-    Yields
-    ------
-    Record
-
-    Raises
-    ------
-    DataError
-        Missing/unreadable file, corrupt gzip, or (with ``on_bad_row="error"``) a bad row: too
-        few columns, empty sequence or token, non-numeric label (``label_kind="float"``),
-        non-numeric modifier, undecodable UTF-8. The message names file, line and column.
+    The shared part of every delimited reader: gzip, UTF-8 (and a BOM), blank lines, the
+    header, quoted fields. ``parse`` turns the row's fields into an item or raises
+    :class:`BadRow` (``quoted``: the line holds a double quote). With ``on_bad_row="skip"`` a
+    bad row is skipped and counted in ``stats``; otherwise it is a :class:`DataError` naming
+    file, line and column.
     """
     if stats is None:
         stats = ReadStats()
-    path = opts.filepath
-    colsep = opts.columnsep
-    toksep = opts.tokensep
-    spec = opts.specifiersep
-    idx_id = None if opts.idpos is None else opts.idpos - 1
-    idx_seq = opts.seqpos - 1
-    idx_label = None if opts.labelpos is None else opts.labelpos - 1
-    idx_weight = None if opts.weightpos is None else opts.weightpos - 1
-    idx_split = None if opts.splitpos is None else opts.splitpos - 1
-    present = [(getattr(opts, n), n) for n in _POSITIONS if getattr(opts, n) is not None]
-    need, need_name = max(present)
-    label_float = opts.label_kind == "float"
-    label_str = opts.label_kind == "str"
-    skip = opts.on_bad_row == "skip"
-    split_fields = _split_csv if len(colsep) == 1 else _split_quoted
-    same_sep = toksep is not None and toksep == colsep
-    header_pending = bool(opts.stripheader)
-
+    skip = on_bad_row == "skip"
+    split_fields = _split_csv if len(columnsep) == 1 else _split_quoted
+    header_pending = bool(stripheader)
     fh = _open_binary(path)
     lineno = 0
     try:
@@ -378,50 +365,8 @@ def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iter
                     header_pending = False
                     stats.header = line
                     continue
-
                 quoted = '"' in line
-                fields = split_fields(line, colsep) if quoted else line.split(colsep)
-                if len(fields) < need:
-                    raise _BadRow(f"expected at least {need} columns ({need_name}={need}), found {len(fields)}")
-                if same_sep and not quoted:
-                    raise _BadRow(
-                        f"columnsep and tokensep are both {colsep!r}: quote the sequence field "
-                        f'(e.g. "a{colsep}c{colsep}g")',
-                        column=opts.seqpos,
-                    )
-
-                seq = fields[idx_seq].strip()
-                if not seq:
-                    raise _BadRow(f"empty sequence (seqpos={opts.seqpos})", column=opts.seqpos)
-                tokens, modifiers = _parse_sequence(seq, toksep, spec, opts.seqpos)
-
-                label = None
-                if idx_label is not None:
-                    label = fields[idx_label].strip()
-                    if label_float:
-                        try:
-                            ok = math.isfinite(float(label))
-                        except ValueError:
-                            ok = False
-                        if not ok:
-                            hint = ""
-                            if stats.n_records == 0 and not opts.stripheader:
-                                hint = " (is this a header line? set stripheader)"
-                            raise _BadRow(
-                                f"label {label!r} is not a finite number (labelpos={opts.labelpos}){hint}",
-                                column=opts.labelpos,
-                            )
-                    elif label_str and not label:
-                        raise _BadRow(f"empty label (labelpos={opts.labelpos})", column=opts.labelpos)
-                rec = Record(
-                    fields[idx_id].strip() if idx_id is not None else str(lineno),
-                    tokens,
-                    modifiers,
-                    label,
-                    None if idx_weight is None else fields[idx_weight].strip(),
-                    None if idx_split is None else fields[idx_split].strip(),
-                    lineno,
-                )
+                item = parse(split_fields(line, columnsep) if quoted else line.split(columnsep), lineno, quoted)
             except _BadRow as bad:
                 if not skip:
                     raise DataError(path, bad.msg, line=lineno, column=bad.column) from None
@@ -430,9 +375,94 @@ def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iter
                     stats.reasons.append(f"line {lineno}: {bad.msg}")
                 continue
             stats.n_records += 1
-            yield rec
+            yield item
     finally:
         fh.close()
+
+
+def parse_tokens(seq: str, tokensep: str | None, specifiersep: str | None, column: int) -> tuple[Sequence[str], list[Sequence[float]] | None]:
+    """Split a stripped, non-empty field into base tokens and modifiers (as a sequence column
+    is split); raises :class:`BadRow` naming ``column``."""
+    return _parse_sequence(seq, tokensep, specifiersep, column)
+
+
+def read_records(opts: DelimitedOptions, stats: ReadStats | None = None) -> Iterator[Record]:
+    """Stream the records of a delimited-text file, in file order, in constant memory.
+
+    Parameters
+    ----------
+    opts : parsing options.
+    stats : optional counters, updated as records are read (skipped rows, reasons, header).
+
+    Yields
+    ------
+    Record
+
+    Raises
+    ------
+    DataError
+        Missing/unreadable file, corrupt gzip, or (with ``on_bad_row="error"``) a bad row: too
+        few columns, empty sequence or token, non-numeric label (``label_kind="float"``),
+        non-numeric modifier, undecodable UTF-8. The message names file, line and column.
+    """
+    if stats is None:
+        stats = ReadStats()
+    colsep = opts.columnsep
+    toksep = opts.tokensep
+    spec = opts.specifiersep
+    idx_id = None if opts.idpos is None else opts.idpos - 1
+    idx_seq = opts.seqpos - 1
+    idx_label = None if opts.labelpos is None else opts.labelpos - 1
+    idx_weight = None if opts.weightpos is None else opts.weightpos - 1
+    idx_split = None if opts.splitpos is None else opts.splitpos - 1
+    present = [(getattr(opts, n), n) for n in _POSITIONS if getattr(opts, n) is not None]
+    need, need_name = max(present)
+    label_float = opts.label_kind == "float"
+    label_str = opts.label_kind == "str"
+    same_sep = toksep is not None and toksep == colsep
+
+    def parse(fields: list[str], lineno: int, quoted: bool) -> Record:
+        if len(fields) < need:
+            raise _BadRow(f"expected at least {need} columns ({need_name}={need}), found {len(fields)}")
+        if same_sep and not quoted:
+            raise _BadRow(
+                f"columnsep and tokensep are both {colsep!r}: quote the sequence field "
+                f'(e.g. "a{colsep}c{colsep}g")',
+                column=opts.seqpos,
+            )
+        seq = fields[idx_seq].strip()
+        if not seq:
+            raise _BadRow(f"empty sequence (seqpos={opts.seqpos})", column=opts.seqpos)
+        tokens, modifiers = _parse_sequence(seq, toksep, spec, opts.seqpos)
+        label = None
+        if idx_label is not None:
+            label = fields[idx_label].strip()
+            if label_float:
+                try:
+                    ok = math.isfinite(float(label))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    hint = ""
+                    if stats.n_records == 0 and not opts.stripheader:
+                        hint = " (is this a header line? set stripheader)"
+                    raise _BadRow(
+                        f"label {label!r} is not a finite number (labelpos={opts.labelpos}){hint}",
+                        column=opts.labelpos,
+                    )
+            elif label_str and not label:
+                raise _BadRow(f"empty label (labelpos={opts.labelpos})", column=opts.labelpos)
+        return Record(
+            fields[idx_id].strip() if idx_id is not None else str(lineno),
+            tokens,
+            modifiers,
+            label,
+            None if idx_weight is None else fields[idx_weight].strip(),
+            None if idx_split is None else fields[idx_split].strip(),
+            lineno,
+        )
+
+    return read_rows(opts.filepath, colsep, parse, stripheader=opts.stripheader, on_bad_row=opts.on_bad_row, stats=stats)
 
 
 def delimited_options(source, label_kind: str | None = None) -> DelimitedOptions:

@@ -78,7 +78,8 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
 
 
 def _row(k: Any) -> tuple[str, ...]:
-    return (f"`{k.key}`", _type(k.meta), _value(_default(k.field)), _modes(k.modes), _help(k.meta))
+    flag = k.meta.get("flag")  # a command-line name of its own
+    return (f"`{k.key}`", _type(k.meta), _value(_default(k.field)), _modes(k.modes), (f"`--{flag}`: " if flag else "") + _help(k.meta))
 
 
 def _section_help() -> dict[tuple[str, ...], str]:

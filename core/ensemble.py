@@ -105,14 +105,15 @@ def tokenizer_spec(run: Any, ens: Ensemble) -> Any:
     return run.registry.tokenizer(ens.meta.get("encoding", run.plugin.tokenizer))
 
 
-def open_store(run: Any, ens: Ensemble, label_kind: str | None = None):
-    """The run's data source encoded for the trained model (which must read that kind of file)."""
+def open_store(run: Any, ens: Ensemble, label_kind: str | None = None, encoding: Encoding | None = None):
+    """The run's data source encoded for the trained model (which must read that kind of file),
+    cut as ``encoding`` says (default: the model's)."""
     from .input_kinds import describe_file
 
     spec, path = tokenizer_spec(run, ens), str(run.source.filepath)
     if spec.accepts is not None and not spec.accepts(path):
         raise DataError(path, f"{describe_file(path)}, but the model was trained on {spec.inputs or 'other input'} ({ens.meta.get('encoding')} tokenizer)")
-    return run.store(ens.tokenizer, label_kind, model_encoding(run, ens), spec)
+    return run.store(ens.tokenizer, label_kind, encoding or model_encoding(run, ens), spec)
 
 
 def selected_indices(run: Any, store: Any) -> np.ndarray:

@@ -15,17 +15,18 @@ names the gene, or the array position (its index, or its name from ``looscores:
 positionnames``); ``start_offset`` is the position's index in the model input.
 
 The perturbed copies are made on the device from the stored record and evaluated in chunks
-that bound memory, through the same ensemble as ``predict``.
+that bound memory, through the same ensemble as ``predict``; the scores go through the interpret
+mode's outputs as those of token sequences do (streamed, sharded over processes).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
+
 
 def _check_how(how: str, kind: str) -> None:
     allowed = ("mask", "remove") if kind == "expression" else ("mask",)
@@ -34,73 +35,54 @@ def _check_how(how: str, kind: str) -> None:
         raise ConfigError("looscores.handletokens", f"{kind} input supports {' or '.join(allowed)} ({what}), got {how!r}")
 
 
-def feature_scores(run: Any, ens: Any, store: Any, idx: np.ndarray, publish_scores: Callable[..., Any]) -> dict:
-    """Run interpret on a feature store and write its results with ``write_scores``.
+class FeatureScorer:
+    """Scores the records of a feature store one by one, as :class:`~biolm.core.perturb.LooScorer`
+    scores token sequences (the interpret mode streams both through the same outputs).
 
     Parameters
     ----------
     run : the interpret :class:`~biolm.core.runner.Run`.
     ens : the loaded :class:`~biolm.core.ensemble.Ensemble`.
     store : the inference data as a feature store.
-    idx : (N,) the records to score.
-    publish_scores : ``publish_scores(run, how, rows, explanations, plot_data, n_positions, seconds,
-        classification, positional) -> summary``: the interpret mode's writer (CSV, shap
-        explanations, plots, published all or nothing).
-
-    Returns
-    -------
-    dict : the mode's summary (``metrics``, ``lines``).
+    device : the torch device.
     """
-    import torch
 
-    from .array_tokenizer import position_names
-    from .engine import autocast, resolve_device
-    from .ensemble import model_encoding, tokenizer_spec
-    from .perturb import score_rows
-    from .progress import Progress
-    from .scaling import LabelEncoder
+    def __init__(self, run: Any, ens: Any, store: Any, device: Any):
+        from .array_tokenizer import position_names
+        from .ensemble import model_encoding, tokenizer_spec
 
-    lc, env = run.cfg.looscores, run.cfg.settings.environment
-    kind = ens.meta.get("encoding")
-    _check_how(lc.handletokens, kind)
-    device = resolve_device(env)
-    tok, spec, encoding = ens.tokenizer, tokenizer_spec(run, ens), model_encoding(run, ens)
-    shape = store.feature_shape
-    C = shape[0] if len(shape) > 1 else 1
-    L = int(np.prod(shape)) // C
-    names = (position_names(lc.positionnames, L) if kind == "array" else None) or tok.vocab
-    labelled = bool(run.source.labelpos or run.source.labelcolumn)
-    raw_labels = list(store.labels)
-    true_idx = LabelEncoder(ens.classes).transform([raw_labels[i] for i in idx], str(run.source.filepath)) if ens.task == "classification" and labelled else None
-    chunk = int(max(1, min(lc.maxpositions, 32_000_000 // (4 * L * C))))  # small chunks: big ones cost more in page faults than they save
-    rows: list[list] = []
-    explanations, plot_data = [], []
-    n_pos, t0 = 0, time.perf_counter()
-    with torch.no_grad(), autocast(device, env.precision), Progress(run.log, run.quiet, unit="records") as progress:
-        progress.start("LOO", len(idx))
-        for k, i in enumerate(idx):
-            rec = torch.as_tensor(store.read_features([int(i)]), device=device).reshape(1, C, L)
-            base = ens(spec.make_input(tok, {"features": rec.reshape((1,) + tuple(shape))}, encoding))[0]
-            positions = torch.nonzero(rec[0].abs().sum(0) > 0).flatten()
-            preds = []
-            for s in range(0, len(positions), chunk):
-                pos = positions[s : s + chunk]
-                copies = rec.repeat(len(pos), 1, 1)
-                copies[torch.arange(len(pos), device=device), :, pos] = 0
-                preds.append(ens(spec.make_input(tok, {"features": copies.reshape((len(pos),) + tuple(shape))}, encoding)))
-            if not preds:
-                progress.advance(1)
-                continue
-            pos_np = positions.cpu().numpy()
-            true_class = int(true_idx[k]) if true_idx is not None else None
-            new_rows, loo, base_v = score_rows(ens, base, torch.cat(preds), true_class, store.ids[i], raw_labels[i] if labelled else "", [names[p] for p in pos_np], [""] * len(pos_np), pos_np)
-            rows.extend(new_rows)
-            per_pos = np.zeros(L)
-            per_pos[pos_np] = loo
-            explanations.append((store.ids[i], per_pos, base_v, names, 0))
-            if len(plot_data) < lc.plotsequences:
-                plot_data.append((int(i), store.ids[i], names, per_pos))
-            n_pos += len(pos_np)
-            progress.advance(1, f"LOO {n_pos / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
-        progress.finish()
-    return publish_scores(run, lc.handletokens, rows, explanations, plot_data, n_pos, time.perf_counter() - t0, ens.task == "classification", tok.positional)
+        lc = run.cfg.looscores
+        kind = ens.meta.get("encoding")
+        _check_how(lc.handletokens, kind)
+        self.ens, self.store, self.device = ens, store, device
+        self.tok, self.spec, self.encoding = ens.tokenizer, tokenizer_spec(run, ens), model_encoding(run, ens)
+        self.shape = store.feature_shape
+        self.C = self.shape[0] if len(self.shape) > 1 else 1
+        self.L = int(np.prod(self.shape)) // self.C
+        self.names = (position_names(lc.positionnames, self.L) if kind == "array" else None) or self.tok.vocab
+        self.labelled = bool(run.source.labelpos or run.source.labelcolumn)
+        self.chunk = int(max(1, min(lc.maxpositions, 32_000_000 // (4 * self.L * self.C))))  # small chunks: big ones cost more in page faults than they save
+
+    def _outputs(self, x: Any) -> Any:
+        return self.ens(self.spec.make_input(self.tok, {"features": x.reshape((len(x),) + tuple(self.shape))}, self.encoding))
+
+    def __call__(self, i: int, true_class: int | None = None) -> Any:
+        """Record ``i`` with every non-zero position zeroed in turn: a
+        :class:`~biolm.core.perturb.SequenceScores` over all positions (the names as tokens)."""
+        import torch
+
+        from .perturb import SequenceScores, loo_values
+
+        rec = torch.as_tensor(self.store.read_features([int(i)]), device=self.device).reshape(1, self.C, self.L)
+        base = self._outputs(rec)[0]
+        positions = torch.nonzero(rec[0].abs().sum(0) > 0).flatten()
+        preds = [base[None][:0]]
+        for s in range(0, len(positions), self.chunk):
+            pos = positions[s : s + self.chunk]
+            copies = rec.repeat(len(pos), 1, 1)
+            copies[torch.arange(len(pos), device=self.device), :, pos] = 0
+            preds.append(self._outputs(copies))
+        loo, loo_true, base_v, pred_text = loo_values(self.ens, base, torch.cat(preds), true_class)
+        label = self.store.labels[i] if self.labelled else ""
+        pos_np = positions.cpu().numpy()
+        return SequenceScores(self.store.ids[i], label or "", 0, pred_text, base_v, self.names, pos_np, [""] * len(pos_np), loo, loo_true)

@@ -173,8 +173,10 @@ class ModelSpec:
     fast_loo : ``fast_loo(model, inp, n, positions, rows) -> (P, n_outputs)``: raw outputs of
         ``model`` for P copies of the one-sequence input ``inp`` (``inp["x"]`` is (1, L, C), real
         length ``n``) in which row ``positions[j]`` is replaced by ``rows[j]`` (C,), for
-        ``mask``/``replace`` leave-one-out. Must equal the core's batched full forward passes
-        (its fallback, and the oracle in tests) to within float tolerance.
+        ``mask``/``replace``/``saturate`` leave-one-out and single-token variants. Positions
+        may repeat (``saturate`` passes every alternative of a position as its own pair). Must
+        equal the core's batched full forward passes (its fallback, and the oracle in tests) to
+        within float tolerance.
     fit : ``fit(model, batches, train_idx, task, model_cfg)`` for models fitted in one pass
         instead of by gradient descent (e.g. incremental PCA + a closed-form head).
         ``batches(indices, shuffle)`` yields ``(indices, input, y, weights)``.

@@ -9,6 +9,7 @@ reference that a plugin's exact fast routine (``ModelSpec.fast_loo``, through
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -110,9 +111,10 @@ def token_text(tok: Any, i: int, mods_row: np.ndarray, specifiersep: str | None)
     return base
 
 
-def fast_scores(fast, ens, tok_spec, tok, encoding, base_inp, ids_t, mods_t, n, positions, how, rids, zmods):
-    """Single-position changes through the plugin's fast routine: the new input rows are built by
-    the tokenizer spec from one-token batches, so the plugin only sees (row position, new row)."""
+def fast_fold_outputs(fast, ens, tok_spec, tok, encoding, base_inp, ids_t, mods_t, n, positions, how, rids, zmods) -> list:
+    """Single-position changes through the plugin's fast routine, per fold: the new input rows
+    are built by the tokenizer spec from one-token batches, so the plugin only sees (row
+    position, new row). Returns one (P,) or (P, C) tensor per fold."""
     import torch
 
     pos = torch.as_tensor(positions, device=ids_t.device, dtype=torch.long)
@@ -126,8 +128,18 @@ def fast_scores(fast, ens, tok_spec, tok, encoding, base_inp, ids_t, mods_t, n, 
         if zmods is not None and zmods.any():
             row_mods[torch.as_tensor(zmods, device=ids_t.device)] = 0
     rows = tok_spec.make_input(tok, {"ids": row_ids[:, None], "mods": row_mods[:, None, :], "lengths": torch.ones(len(pos), dtype=torch.long, device=ids_t.device)}, encoding)["x"][:, 0, :]
-    outs = [ens.convert(i, fast(f.model, base_inp, n, pos, rows)) for i, f in enumerate(ens.folds)]
-    return ens.combine(outs)
+    return [ens.convert(i, fast(f.model, base_inp, n, pos, rows)) for i, f in enumerate(ens.folds)]
+
+
+def chunk_size(ens, tok, length: int, n_mods: int, maxpositions: int, batchsize: int) -> int:
+    """How many copies of a ``length``-token input one batched forward pass takes."""
+    # one-hot inputs cost L x channels floats per copy: chunks of at most ~16 MB of input (larger
+    # ones only thrash the caches: 2-3x slower per copy at 4,096 copies of 1,024 tokens, every
+    # plugin); token-id inputs (geneformer) are small, their cost is the model's activations,
+    # bounded by the batch size
+    C = len(tok.vocab) + n_mods if ens.meta.get("encoding") == "atomic" else None
+    bound = 16_000_000 // (4 * length * C) if C else batchsize * 4
+    return int(max(1, min(maxpositions, bound)))
 
 
 def full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, positions, how, rids, zmods, maxpositions, batchsize, scores_fn=None, base_inp=None):
@@ -136,12 +148,7 @@ def full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, position
     with the unperturbed input ``base_inp``): ``(predictions, {name: (P,) float64})``."""
     import torch
 
-    L = ids_t.shape[0]
-    # one-hot inputs cost L x channels floats per copy; token-id inputs (geneformer) are small,
-    # their cost is the model's activations, bounded by the batch size
-    C = len(tok.vocab) + mods_t.shape[-1] if ens.meta.get("encoding") == "atomic" else None
-    bound = 256_000_000 // (4 * L * C) if C else batchsize * 4
-    chunk = int(max(1, min(maxpositions, bound)))
+    chunk = chunk_size(ens, tok, ids_t.shape[0], mods_t.shape[-1], maxpositions, batchsize)
     outs, extras = [], []
     for s in range(0, len(positions), chunk):
         sl = slice(s, s + chunk)
@@ -169,8 +176,8 @@ def _with_scores(ens, scores_fn, base_inp, inp, positions, how):
     return ens.combine(outs), scores
 
 
-def score_rows(ens, base, preds, true_class: int | None, sid: str, label: str, tokens: list, replacements: list, offsets: np.ndarray) -> tuple[list[list], np.ndarray, float]:
-    """LOO scores of one record's perturbed copies, as CSV rows.
+def loo_values(ens, base, preds, true_class: int | None) -> tuple[np.ndarray, np.ndarray | None, float, str]:
+    """LOO scores of one record's perturbed copies.
 
     Parameters
     ----------
@@ -178,34 +185,131 @@ def score_rows(ens, base, preds, true_class: int | None, sid: str, label: str, t
     base : (O,) the ensemble's output for the record: label units, or class probabilities.
     preds : (P, O) its outputs for the P perturbed copies.
     true_class : index of the record's true class (classification with labels), else ``None``.
-    sid, label : the record's id and label text (``""`` without labels).
-    tokens, replacements : (P,) the token text and replacement of each copy.
-    offsets : (P,) int, the position of each copy's change in the original record.
 
     Returns
     -------
-    rows : the CSV rows (``sequence, token, replacement, label, pred, start_offset, end_offset,
-        loo`` and, for classification, ``loo_true_class``).
     loo : (P,) float64, ``prediction(perturbed) - prediction(original)`` in label units, or the
         change of the probability of the originally predicted class.
+    loo_true : (P,) the change of the true class's probability (classification with a true
+        class), else ``None``.
     base_value : the original prediction (of that class).
+    pred_text : the original prediction as the CSV shows it (a number, or the class).
     """
     loo_true = None
     if ens.task == "regression":
         base_v = float(base)
-        loo = (preds.double() - base_v).cpu().numpy()
-        pred_text = f"{base_v:.6g}"
-    else:
-        cls = int(base.argmax())
-        base_v = float(base[cls])
-        loo = (preds[:, cls].double() - base_v).cpu().numpy()
-        pred_text = ens.classes[cls]
-        if true_class is not None:
-            loo_true = (preds[:, true_class].double() - float(base[true_class])).cpu().numpy()
-    rows = []
-    for j, p in enumerate(offsets):
-        row = [sid, tokens[j], replacements[j], label, pred_text, int(p), int(p) + 1, f"{loo[j]:.6g}"]
-        if ens.task == "classification":
-            row.append(f"{loo_true[j]:.6g}" if loo_true is not None else "")
-        rows.append(row)
-    return rows, loo, base_v
+        return (preds.double() - base_v).cpu().numpy(), None, base_v, f"{base_v:.6g}"
+    cls = int(base.argmax())
+    base_v = float(base[cls])
+    loo = (preds[:, cls].double() - base_v).cpu().numpy()
+    if true_class is not None:
+        loo_true = (preds[:, true_class].double() - float(base[true_class])).cpu().numpy()
+    return loo, loo_true, base_v, ens.classes[cls]
+
+
+@dataclass
+class SequenceScores:
+    """The leave-one-out scores of one sequence.
+
+    Attributes
+    ----------
+    sid, label : the record's id and raw label ("" without labels).
+    start : offset of the scored window in the original sequence.
+    pred_text : the original prediction as the CSV shows it (a number, or the predicted class).
+    base : the original prediction (regression) or the predicted class's probability.
+    texts : (n,) the tokens the model sees, as the input showed them.
+    positions : (P,) perturbed positions; ``replacements`` their replacement tokens ("" for
+        remove/mask/activate).
+    loo : (P,) prediction(perturbed) - prediction(original); ``loo_true`` the change of the
+        true class's probability (classification with labels), else None.
+    columns, refs : saturate only: the alphabet column of each perturbation (P,) and of each
+        position's own token (n,).
+    extra : the plugin's own per-perturbation scores (``ModelSpec.perturbation_scores``), name ->
+        (P,); the CSV's last columns.
+    """
+
+    sid: str
+    label: str
+    start: int
+    pred_text: str
+    base: float
+    texts: list
+    positions: np.ndarray
+    replacements: list
+    loo: np.ndarray
+    loo_true: np.ndarray | None = None
+    columns: np.ndarray | None = None
+    refs: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def per_position(self) -> np.ndarray:
+        """(n,) mean score per position (several replacements of one position are averaged)."""
+        n = len(self.texts)
+        total, counts = np.zeros(n), np.zeros(n)
+        np.add.at(total, self.positions, self.loo)
+        np.add.at(counts, self.positions, 1)
+        return np.divide(total, counts, out=np.zeros(n), where=counts > 0)
+
+
+class LooScorer:
+    """Scores the sequences of a store one by one (``handletokens`` of the run's ``looscores``).
+
+    A plugin's ``fast_loo`` handles single-position changes (mask, replace, saturate); the
+    batched full forward passes everything else.
+    """
+
+    def __init__(self, run: Any, ens: Any, store: Any, device: Any, saturation: Any = None):
+        from .ensemble import model_encoding, tokenizer_spec
+
+        self.run, self.ens, self.store, self.device = run, ens, store, device
+        self.lc = run.cfg.looscores
+        self.how = self.lc.handletokens
+        self.tok = ens.tokenizer
+        self.tok_spec = tokenizer_spec(run, ens)
+        self.encoding = model_encoding(run, ens)
+        self.pad_to = self.encoding.blocksize if ens.meta.get("fixed_length") else None
+        self.fast = run.model_spec.fast_loo if self.how in ("mask", "replace", "saturate") else None
+        self.scores_fn = run.model_spec.perturbation_scores
+        self.saturation = saturation
+        self.labelled = bool(run.source.labelpos or run.source.labelcolumn)
+
+    def inputs(self, i: int):
+        """Store record ``i`` as device tensors: ids (L,), mods (L, M), length n, the model input."""
+        import torch
+
+        ids_np, mods_np = self.store.get(int(i))
+        n = len(ids_np)
+        L = self.pad_to or n
+        ids_t = torch.full((L,), -1, dtype=torch.long, device=self.device)
+        ids_t[:n] = torch.as_tensor(ids_np, dtype=torch.long, device=self.device)
+        mods_t = torch.zeros((L, mods_np.shape[-1]), dtype=torch.float32, device=self.device)
+        mods_t[:n] = torch.as_tensor(mods_np, dtype=torch.float32, device=self.device)
+        inp = self.tok_spec.make_input(self.tok, {"ids": ids_t[None], "mods": mods_t[None], "lengths": torch.tensor([n], device=self.device)}, self.encoding)
+        return ids_np, mods_np, ids_t, mods_t, n, inp
+
+    def __call__(self, i: int, true_class: int | None = None) -> SequenceScores:
+        ids_np, mods_np, ids_t, mods_t, n, base_inp = self.inputs(i)
+        ens, how = self.ens, self.how
+        base = ens(base_inp)[0]
+        # the store may hold more tokens than the model reads (geneformer keeps the next-ranked
+        # gene so a deletion lets it move in): score only the positions the model sees
+        n_seen = min(n, self.encoding.blocksize)
+        columns = refs = None
+        if how == "saturate":
+            positions, rids, columns = self.saturation.plan(ids_np, n_seen)
+            refs = self.saturation.refs(ids_np[:n_seen])
+            repl, zmods, kind = [self.tok.vocab[r] for r in rids], None, "replace"
+        else:
+            positions, repl, rids, zmods = plan(ids_np, mods_np, n_seen, how, self.tok.vocab, self.lc.replacementdict, self.lc.replacespecifier)
+            kind = how
+        extra: dict = {}
+        if len(positions) == 0:
+            preds = base[None][:0]
+        elif self.fast is not None:
+            preds = ens.combine(fast_fold_outputs(self.fast, ens, self.tok_spec, self.tok, self.encoding, base_inp, ids_t, mods_t, n, positions, kind, rids, zmods))
+        else:
+            preds, extra = full_forward_scores(ens, self.tok_spec, self.tok, self.encoding, ids_t, mods_t, n, positions, kind, rids, zmods, self.lc.maxpositions, self.run.cfg.settings.training.batchsize, self.scores_fn, base_inp)
+        loo, loo_true, base_v, pred_text = loo_values(ens, base, preds, true_class)
+        texts = [token_text(self.tok, int(ids_np[p]), mods_np[p], self.run.source.specifiersep) for p in range(n_seen)]
+        label = self.store.labels[i] if self.labelled else ""
+        return SequenceScores(self.store.ids[i], label if label is not None else "", int(self.store.starts[i]), pred_text, base_v, texts, positions, repl, loo, loo_true, columns, refs, extra)

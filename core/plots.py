@@ -132,3 +132,15 @@ def top_features(names: list[str], scores: np.ndarray, path: Path, title: str = 
     ax.set_title(title or f"top {len(order)} by |{score}|")
     _save(fig, path)
     plt.close(fig)
+
+
+
+def plot_name(how: str, index: int, sid: str) -> str:
+    """``loo_<how>_<record index>_<id, sanitised, at most 40 characters>_<8 hex of the id's hash>.png``:
+    unique (the index), recognisable (the id) and short enough for any file system, whatever
+    the ids are (``a/b`` and ``a_b``, 230 characters, non-ASCII)."""
+    import hashlib
+
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in str(sid))[:40].strip(".")
+    digest = hashlib.sha256(str(sid).encode("utf-8")).hexdigest()[:8]
+    return f"loo_{how}_{index:06d}_{safe}_{digest}.png"

@@ -203,8 +203,9 @@ def prepare(plugin_name: str, mode: str, task: str | None, configfile: str | Pat
 def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | Path | None = None, cli_values: dict | None = None, quiet: bool = False, debug: bool = False, argv: list[str] | None = None) -> Run | None:
     """Carry out ``biolm PLUGIN MODE``; returns the finished :class:`Run` (its ``summary`` filled).
 
-    Training modes asking for several processes (``ngpus`` > 1, or several visible GPUs) are
-    relaunched under torch's launcher with ``argv`` (the command line); None is returned then.
+    Modes asking for several processes (``ngpus`` > 1, or several visible GPUs) are relaunched
+    under torch's launcher with ``argv`` (the command line); None is returned then. Training
+    runs data-parallel (not for one-pass ``fit`` models); predict and interpret shard the input.
 
     Every run that fails writes its log (the error; for an unexpected one the traceback) to its
     mode folder, or, when it fails before one is known or usable, to :func:`fallback_logdir`.
@@ -215,11 +216,11 @@ def run(plugin_name: str, mode: str, task: str | None = None, configfile: str | 
 
     r = None
     try:
-        if mode in ("fine-tune", "pre-train") and not is_distributed():
+        if mode in ("fine-tune", "pre-train", "predict", "interpret") and not is_distributed():
             registry = get_registry()
             cfg = _resolve(registry.plugin(plugin_name), mode, configfile, cli_values)
             n = wanted_processes(cfg.settings.environment)
-            if n > 1 and registry.model(plugin_name).fit is None:
+            if n > 1 and (mode in ("predict", "interpret") or registry.model(plugin_name).fit is None):
                 if argv is None:
                     raise BiolmError(f"{n} processes asked for (ngpus); run through the biolm command so it can relaunch itself with torchrun")
                 code = relaunch(n, argv)

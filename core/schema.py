@@ -116,10 +116,27 @@ class FineTuningSource(LabelledSource):
 
 
 @dataclass
+class VariantsSource:
+    """The variants table read by ``interpret`` with ``handletokens: variants``; ref and alt are
+    split like the sequences of the inference data source (its tokensep and specifiersep)."""
+
+    filepath: str | None = opt(None, "Variants table for handletokens: variants (delimited text, optionally .gz): per row a sequence id, a 1-based position, ref and alt tokens ('-', '.' or empty = none).", parse=P.PATH, modes={"interpret"}, flag="variants")
+    stripheader: bool = opt(False, "The variants table's first line is a header to skip.", modes={"interpret"}, flag="variants-stripheader")
+    columnsep: str = opt("\t", "Column separator of the variants table.", modes={"interpret"}, flag="variants-columnsep")
+    idpos: int | None = opt(None, "1-based column of a variant id; unset = '<sequence>:<position>:<ref>><alt>'.", parse=P.COLUMN, false_is_unset=True, modes={"interpret"}, flag="variants-idpos")
+    sequencepos: int = opt(1, "1-based column of the id of the sequence (of the inference data source) the variant is in.", minimum=1, modes={"interpret"}, flag="variants-sequencepos")
+    positionpos: int = opt(2, "1-based column of the variant's 1-based position in the whole sequence (before any blocksize cut).", minimum=1, modes={"interpret"}, flag="variants-positionpos")
+    refpos: int = opt(3, "1-based column of the reference token(s); they must match the sequence.", minimum=1, modes={"interpret"}, flag="variants-refpos")
+    altpos: int = opt(4, "1-based column of the alternative token(s) that replace the reference.", minimum=1, modes={"interpret"}, flag="variants-altpos")
+    on_bad_row: str = opt("error", "A malformed variant row or a ref that does not match its sequence: 'error' stops naming the variant, 'skip' skips and counts it.", choices=("error", "skip"), modes={"interpret"}, flag="variants-on-bad-row")
+
+
+@dataclass
 class InferenceSource(LabelledSource):
     splitpos: int | None = opt(None, "1-based column of a split identifier (used with inferenceonsplits).", parse=P.COLUMN, false_is_unset=True)
     splitcolumn: str | None = opt(None, "For .h5ad input: the obs column holding split identifiers.", parse=P.TEXT_OR_FALSE, false_is_unset=True)
     inferenceonsplits: list | None = opt(None, "Only use rows whose split id is in this list.", parse=P.SPLITS, false_is_unset=True)
+    variants: VariantsSource = section(VariantsSource, "variants", "Variant effects (interpret with handletokens: variants).", modes=frozenset({"interpret"}))
 
 
 # --------------------------------------------------------------------------- other sections
@@ -147,7 +164,7 @@ class DataPreprocessing:
 
 @dataclass
 class Environment:
-    ngpus: int | None = opt(None, "Processes/GPUs to use; unset = all visible GPUs, else 1 CPU process. >1 runs DistributedDataParallel through torchrun.", parse=P.INT, minimum=0, modes=DATA_MODES)
+    ngpus: int | None = opt(None, "Processes/GPUs to use; unset = all visible GPUs, else 1 CPU process. >1 runs through torchrun: training data-parallel (DistributedDataParallel), predict/interpret each on a share of the input.", parse=P.INT, minimum=0, modes=DATA_MODES)
     device: str = opt("auto", "'auto' (CUDA if available), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda"), modes=DATA_MODES)
     precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, float32 on CPU; 'fp32' or 'bf16' to force.", choices=("auto", "fp32", "bf16"), modes=DATA_MODES)
     numworkers: int = opt(0, "DataLoader worker processes.", minimum=0, modes=DATA_MODES)
@@ -184,12 +201,13 @@ class Settings:
 
 @dataclass
 class LooScores:
-    handletokens: str = opt("remove", "How a token is left out: remove (deleted, sequence shifts), mask (one-hot zeroed / MASK token), replace (each replacement in replacementdict).", choices=("remove", "mask", "replace", "activate"), modes={"interpret"})
-    replacementdict: dict | None = opt(None, "handletokens replace: token -> list of replacements, a mapping or its JSON string.", parse=P.REPLACEMENTS, modes={"interpret"})
+    handletokens: str = opt("remove", "How a token is left out: remove (deleted, sequence shifts), mask (one-hot zeroed / MASK token), replace (each replacement in replacementdict), saturate (every alternative of the same kind at every position), variants (the variants table of the inference data source).", choices=("remove", "mask", "replace", "activate", "saturate", "variants"), modes={"interpret"})
+    replacementdict: dict | None = opt(None, "handletokens replace: token -> list of replacements, a mapping or its JSON string; saturate: overrides the alternatives of the tokens it names.", parse=P.REPLACEMENTS, modes={"interpret"})
     replacespecifier: bool = opt(True, "handletokens replace: a modified token is also replaced by its unmodified form (modifier channels zeroed).", modes={"interpret"})
     plotsequences: int = opt(5, "Draw per-position importance plots for this many sequences.", minimum=0, modes={"interpret"})
     maxpositions: int = opt(4096, "Perturbed inputs evaluated per chunk (bounds memory).", minimum=1, modes={"interpret"})
     positionnames: str | None = opt(None, "For .npy array input: a text file with one name per position of the sequence axis (e.g. SNP ids) for the token column; unset = the position index.", parse=P.PATH, modes={"interpret"})
+    writecsv: bool = opt(True, "saturate: also write one CSV row per position x alternative (large scans: False; ism.h5 holds the same scores).", modes={"interpret"})
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``interpret`` mode: leave-one-out (LOO) scores for every token of every sequence.
+"""``interpret`` mode: leave-one-out (LOO) scores for every token of every sequence, saturation
+mutagenesis, or the effects of a table of variants.
 
 ``loo = prediction(perturbed) - prediction(original)`` in label units (regression, after
 inverse scaling) or as the change of the probability of the originally predicted class
@@ -13,175 +14,166 @@ sequences, in chunks that bound memory; no text is re-tokenized. ``handletokens`
 - ``replace``: each replacement of ``replacementdict`` (modifiers kept); with
   ``replacespecifier`` a modified token is also replaced by its unmodified form (modifier
   channels zeroed). Replacements equal to the token itself are skipped;
-- ``activate``: the token moves to the first position (rank-ordered inputs such as Geneformer's).
+- ``activate``: the token moves to the first position (rank-ordered inputs such as Geneformer's);
+- ``saturate``: every alternative of the same kind (:mod:`biolm.core.saturate`), also written
+  as L x A matrices to ``ism.h5``;
+- ``variants``: the variants table of the inference data source (:mod:`biolm.core.variants`),
+  written to ``variant_effects.csv``.
 
 A plugin can offer a faster exact routine through ``ModelSpec.fast_loo``; the batched full
 forward pass (:mod:`biolm.core.perturb`) is the reference the fast routines are tested against.
 Through ``ModelSpec.perturbation_scores`` a plugin adds its own per-perturbation scores as the
 last columns of the CSV (geneformer: Geneformer's embedding cosine similarity of a deletion).
+With several processes (``ngpus`` > 1) each scores a contiguous share of the input and rank 0
+merges their parts (:mod:`biolm.core.sharding`).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import pickle
 import time
 from typing import Any
 
-import numpy as np
-
-from ..ensemble import load_ensemble, model_encoding, open_store, selected_indices, tokenizer_spec
+from ..ensemble import load_ensemble, open_store, selected_indices
 from ..errors import ConfigError
-from ..outputs import write_atomic, write_text
-from ..perturb import fast_scores, full_forward_scores, plan, score_rows, token_text, unknown_replacements
+from ..perturb import unknown_replacements
 from ..publish import publication
-
-HEADER = ["sequence", "token", "replacement", "label", "pred", "start_offset", "end_offset", "loo"]
 
 
 def execute(run: Any) -> dict:
-    import torch
+    from ..engine import resolve_device
+    from ..sharding import Shards
 
-    from ..engine import autocast, resolve_device
-    from ..progress import Progress
-    from ..scaling import LabelEncoder
+    device = resolve_device(run.cfg.settings.environment)
+    with Shards(run.modedir, device.type) as shards:
+        ens = load_ensemble(run, device)
+        check(run, ens)
+        if run.cfg.looscores.handletokens == "variants":
+            return variant_effects(run, ens, shards, device)
+        return loo_scores(run, ens, shards, device)
 
-    cfg, lc = run.cfg, run.cfg.looscores
-    how = lc.handletokens
+
+def check(run: Any, ens: Any) -> None:
+    """What the chosen ``handletokens`` needs, before anything is computed."""
+    lc, how = run.cfg.looscores, run.cfg.looscores.handletokens
+    atomic = ens.meta.get("encoding") == "atomic"
     if how == "replace" and not lc.replacementdict:
         raise ConfigError("looscores.replacementdict", "handletokens: replace needs a replacementdict (token -> list of replacements)")
-    env = cfg.settings.environment
-    device = resolve_device(env)
-    ens = load_ensemble(run, device)
-    if how == "activate" and ens.meta.get("encoding") == "atomic":
+    if how == "activate" and atomic:
         raise ConfigError("looscores.handletokens", "activate moves a token to the first rank; it is meant for rank-ordered inputs (geneformer)")
-    tok = ens.tokenizer
-    if how == "replace":
-        unknown = unknown_replacements(lc.replacementdict, tok.vocab)
+    if how in ("saturate", "variants") and not atomic:
+        raise ConfigError("looscores.handletokens", f"{how} needs a sequence vocabulary (the atomic tokenizer); this model uses {ens.meta.get('encoding')!r}")
+    variants_file = run.source.variants.filepath
+    if how == "variants" and not variants_file:
+        raise ConfigError("inference data source.variants.filepath", "handletokens: variants needs the variants table (--variants FILE)")
+    if variants_file and how != "variants":
+        run.log.warning("inference data source: variants is set but handletokens is %s: the variants are not scored (handletokens: variants scores them)", how)
+    if how in ("replace", "saturate") and lc.replacementdict:
+        unknown = unknown_replacements(lc.replacementdict, ens.tokenizer.vocab)
         if unknown:
             run.log.warning("replacementdict: %d token(s) not in the vocabulary are ignored: %s", len(unknown), ", ".join(unknown[:10]))
-    store = open_store(run, ens)
+
+
+def loo_scores(run: Any, ens: Any, shards: Any, device: Any) -> dict:
+    """Every sequence of the data source perturbed at every position (this process's share)."""
+    import torch
+
+    from ..engine import autocast
+    from ..loo_outputs import LooOutputs
+    from ..perturb import LooScorer
+    from ..progress import Progress
+    from ..saturate import SaturationTable
+    from ..scaling import LabelEncoder
+
+    how = run.cfg.looscores.handletokens
+    with shards.main_first():
+        store = open_store(run, ens)
     idx = selected_indices(run, store)
+    true_idx = None
+    if ens.task == "classification" and (run.source.labelpos or run.source.labelcolumn):
+        true_idx = LabelEncoder(ens.classes).transform([store.labels[i] for i in idx], str(run.source.filepath))
+    saturation = SaturationTable.build(ens.tokenizer.vocab, run.cfg.looscores.replacementdict) if how == "saturate" else None
     if store.feature_shape is not None:  # expression / array input: genes knocked out, positions masked
-        from ..feature_loo import feature_scores
+        from ..feature_loo import FeatureScorer
 
-        return feature_scores(run, ens, store, idx, publish_scores)
-    tok_spec = tokenizer_spec(run, ens)
-    encoding = model_encoding(run, ens)
-    pad_to = encoding.blocksize if ens.meta.get("fixed_length") else None
-    labelled = bool(run.source.labelpos or run.source.labelcolumn)
-    raw_labels = list(store.labels)
-    true_idx = LabelEncoder(ens.classes).transform([raw_labels[i] for i in idx], str(run.source.filepath)) if ens.task == "classification" and labelled else None
-    fast, scores_fn = run.model_spec.fast_loo, run.model_spec.perturbation_scores
-    rows: list[list] = []
-    extra_rows: list[dict] = []
-    explanations, plot_data = [], []
+        scorer = FeatureScorer(run, ens, store, device)
+    else:
+        scorer = LooScorer(run, ens, store, device, saturation)
+    units = "label units" if ens.task == "regression" else "probability of the predicted class"
+    out = LooOutputs(run, shards, ens.task == "classification", saturation, units, ens.tokenizer.positional)
+    mine = shards.block(len(idx), store.lengths[idx] if store.feature_shape is None else None)
     t0 = time.perf_counter()
-    n_pos = 0
-    starts = store.starts
-    with torch.no_grad(), autocast(device, env.precision), Progress(run.log, run.quiet, unit="sequences") as progress:
-        progress.start("LOO", len(idx))
-        for k, i in enumerate(idx):
-            ids_np, mods_np = store.get(int(i))
-            n = len(ids_np)
-            L = pad_to or n
-            ids_t = torch.full((L,), -1, dtype=torch.long, device=device)
-            ids_t[:n] = torch.as_tensor(ids_np, dtype=torch.long, device=device)
-            mods_t = torch.zeros((L, mods_np.shape[-1]), dtype=torch.float32, device=device)
-            mods_t[:n] = torch.as_tensor(mods_np, dtype=torch.float32, device=device)
-            base_inp = tok_spec.make_input(tok, {"ids": ids_t[None], "mods": mods_t[None], "lengths": torch.tensor([n], device=device)}, encoding)
-            base = ens(base_inp)[0]
-            # the store may hold more tokens than the model reads (geneformer keeps the next-ranked
-            # gene so a deletion lets it move in): score only the positions the model sees
-            n_seen = min(n, encoding.blocksize)
-            positions, repl, rids, zmods = plan(ids_np, mods_np, n_seen, how, tok.vocab, lc.replacementdict, lc.replacespecifier)
-            if len(positions) == 0:
-                continue
-            extra: dict = {}
-            if fast is not None and how in ("mask", "replace"):
-                preds = fast_scores(fast, ens, tok_spec, tok, encoding, base_inp, ids_t, mods_t, n, positions, how, rids, zmods)
-            else:
-                preds, extra = full_forward_scores(ens, tok_spec, tok, encoding, ids_t, mods_t, n, positions, how, rids, zmods, lc.maxpositions, cfg.settings.training.batchsize, scores_fn, base_inp)
-            start = int(starts[i])
-            sid = store.ids[i]
-            texts = [token_text(tok, int(ids_np[p]), mods_np[p], run.source.specifiersep) for p in range(n_seen)]
-            true_class = int(true_idx[k]) if true_idx is not None else None
-            new_rows, loo, base_v = score_rows(ens, base, preds, true_class, sid, raw_labels[i] if labelled else "", [texts[p] for p in positions], repl, start + positions)
-            rows.extend(new_rows)
-            extra_rows.extend({key: f"{v[j]:.6g}" for key, v in extra.items()} for j in range(len(positions)))
-            per_pos = _per_position(positions, loo, n_seen)
-            explanations.append((sid, per_pos, base_v, texts, start))
-            if len(plot_data) < lc.plotsequences:
-                plot_data.append((int(i), sid, texts, per_pos))
-            n_pos += len(positions)
-            progress.advance(1, f"LOO {n_pos / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
-        progress.finish()
-    return publish_scores(run, how, rows, explanations, plot_data, n_pos, time.perf_counter() - t0, ens.task == "classification", tok.positional, extra_rows)
-
-
-def publish_scores(run: Any, how: str, rows: list, explanations: list, plot_data: list, n_pos: int, elapsed: float, classification: bool, positional: bool, extra_rows: list | None = None) -> dict:
-    """Write the scores (all or nothing, replacing an earlier run's) and return the mode's summary;
-    ``extra_rows`` as for :func:`write_scores`."""
-    with publication(run.modedir, replaces=(f"loo_scores_{how}.csv", f"loo_scores_{how}.pkl", f"loo_{how}_*.png")) as staging:
-        csv_path, pkl_path = write_scores(staging, how, rows, explanations, plot_data, classification=classification, positional=positional, extra_rows=extra_rows)
-    csv_path, pkl_path = run.modedir / csv_path.name, run.modedir / pkl_path.name
+    try:
+        with torch.no_grad(), autocast(device, run.cfg.settings.environment.precision), Progress(run.log, run.quiet, unit="sequences") as progress:
+            progress.start("LOO", mine.stop - mine.start)
+            for k in range(mine.start, mine.stop):
+                out.add(k, int(idx[k]), scorer(idx[k], None if true_idx is None else int(true_idx[k])))
+                progress.advance(1, f"LOO {out.n_scores / max(time.perf_counter() - t0, 1e-9):.0f} positions/s")
+            progress.finish()
+    finally:
+        out.close()
+    elapsed = time.perf_counter() - t0
+    shares = shards.gather((out.n_sequences, out.n_scores, out.extra_names))
+    n_seq, n_pos = sum(x[0] for x in shares), sum(x[1] for x in shares)
+    shards.wait()
+    lines = []
+    if shards.main:
+        named = {"csv": "scores", "pkl": "shap explanations", "ism": "saturation matrices"}
+        with publication(run.modedir, replaces=out.replaces()) as staging:
+            extra_names = next((x[2] for x in shares if x[2] is not None), None)
+            lines = [f"{named[kind]}: {path}" for kind, path in out.publish(staging, extra_names).items()]
+        shards.cleanup()
     rate = n_pos / max(elapsed, 1e-9)
-    run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s)", len(explanations), n_pos, elapsed, rate)
-    return {"metrics": {"sequences": len(explanations), "perturbations": n_pos, "positions_per_s": rate}, "lines": [f"scores: {csv_path}", f"shap explanations: {pkl_path}"]}
+    run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s%s)", n_seq, n_pos, elapsed, rate, f", {shards.size} processes" if shards.size > 1 else "")
+    return {"metrics": {"sequences": n_seq, "perturbations": n_pos, "positions_per_s": rate}, "lines": lines}
 
 
-def _per_position(positions: np.ndarray, loo: np.ndarray, n: int) -> np.ndarray:
-    """Mean score per position (several replacements of one position are averaged)."""
-    total = np.zeros(n)
-    counts = np.zeros(n)
-    np.add.at(total, positions, loo)
-    np.add.at(counts, positions, 1)
-    return np.divide(total, counts, out=np.zeros(n), where=counts > 0)
+def variant_effects(run: Any, ens: Any, shards: Any, device: Any) -> dict:
+    """The variants table scored (this process's share of its rows)."""
+    import torch
+
+    from ..delimited import ReadStats, log_skipped
+    from ..engine import autocast
+    from ..ensemble import model_encoding
+    from ..hookspecs import Encoding
+    from ..variant_scoring import NAME, VariantScorer, VariantTable
+    from ..variants import Sequences, count_rows, read_variants
+
+    vs = run.source.variants
+    enc = model_encoding(run, ens)
+    with shards.main_first():  # the whole sequences: a variant may move the model's window
+        store = open_store(run, ens, encoding=Encoding(None, enc.lefttailing, enc.centertoken))
+    sequences = Sequences(store, selected_indices(run, store), ens.tokenizer.vocab, enc)
+    scorer = VariantScorer(run, ens, sequences, device)
+    table = VariantTable(shards, ens)
+    rows = shards.block(count_rows(vs)) if shards.size > 1 else None
+    stats = ReadStats()
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad(), autocast(device, run.cfg.settings.environment.precision):
+            chunk: list = []
+            for v in read_variants(vs, run.source, sequences, rows, stats):
+                chunk.append(v)
+                if len(chunk) == 1024:
+                    _score_chunk(scorer, table, chunk)
+            _score_chunk(scorer, table, chunk)
+    finally:
+        table.close()
+    log_skipped(stats, run.log, vs.filepath)
+    n, skipped = (sum(x) for x in zip(*shards.gather((table.n, stats.n_skipped))))
+    shards.wait()
+    lines = []
+    if shards.main:
+        with publication(run.modedir, replaces=(NAME,)) as staging:
+            table.publish(staging)
+        lines = [f"variant effects: {run.modedir / NAME} ({n} variants{f', {skipped} skipped' if skipped else ''})"]
+        shards.cleanup()
+    c = scorer.counts
+    run.log.info("%d variants in %.1f s: %d unchanged input, %d single-token (%s), %d full forward", table.n, time.perf_counter() - t0, c["same"], c["single"], "fast path" if scorer.fast else "full forward", c["full"])
+    return {"metrics": {"variants": n, "skipped": skipped}, "lines": lines}
 
 
-def write_scores(folder: Any, how: str, rows: list, explanations: list, plot_data: list, classification: bool, positional: bool, extra_rows: list | None = None):
-    """``loo_scores_<how>.csv``, the ``.pkl`` of shap explanations and the per-sequence plots.
-    ``extra_rows``: per row, the plugin's extra scores (``ModelSpec.perturbation_scores``),
-    written as the last columns."""
-    from .. import plots
+def _score_chunk(scorer: Any, table: Any, chunk: list) -> None:
+    for v, (ref, alt) in zip(chunk, scorer.score(chunk)):
+        table.add(v, ref, alt)
+    chunk.clear()
 
-    extra_rows = extra_rows or [{}] * len(rows)
-    names = list(dict.fromkeys(k for e in extra_rows for k in e))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(HEADER + (["loo_true_class"] if classification else []) + names)
-    w.writerows(row + [e.get(k, "") for k in names] for row, e in zip(rows, extra_rows))
-    csv_path = folder / f"loo_scores_{how}.csv"
-    write_text(csv_path, buf.getvalue())
-    pkl_path = folder / f"loo_scores_{how}.pkl"
-    write_atomic(pkl_path, lambda fh: pickle.dump(shap_explanations(explanations), fh), mode="wb")
-    for index, sid, texts, per_pos in plot_data:
-        draw = plots.importance if positional else plots.top_features
-        draw(texts, per_pos, folder / plot_name(how, index, sid), title=f"{sid}: leave-one-out ({how})")
-    return csv_path, pkl_path
-
-
-def plot_name(how: str, index: int, sid: str) -> str:
-    """``loo_<how>_<record index>_<id, sanitised, at most 40 characters>_<8 hex of the id's hash>.png``:
-    unique (the index), recognisable (the id) and short enough for any file system, whatever
-    the ids are (``a/b`` and ``a_b``, 230 characters, non-ASCII)."""
-    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in str(sid))[:40].strip(".")
-    digest = hashlib.sha256(str(sid).encode("utf-8")).hexdigest()[:8]
-    return f"loo_{how}_{index:06d}_{safe}_{digest}.png"
-
-
-def shap_explanations(items: list) -> list:
-    """One ``shap.Explanation`` per sequence: values (L,), base value = the original prediction."""
-    import shap
-
-    return [
-        shap.Explanation(
-            values=np.asarray(values, dtype=np.float64),
-            base_values=float(base),
-            data=np.asarray(texts, dtype=object),
-            feature_names=[f"{start + p}:{t}" for p, t in enumerate(texts)],
-        )
-        for sid, values, base, texts, start in items
-    ]
