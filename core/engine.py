@@ -71,6 +71,7 @@ class TrainState:
     bad_epochs: int = 0
     best_state: dict | None = None
     log: Any = None
+    resumed_after: int = 0  # epochs done by earlier runs when this one resumed (0 = fresh)
 
 
 class EarlyStopping:
@@ -262,6 +263,7 @@ def resume_training(state: TrainState, fingerprint: dict | None) -> bool:
             log.warning("%s: %s is unusable (%s: %s)%s", _what(fold), path.name, type(exc).__name__, (str(exc).strip().splitlines() or [""])[0][:200], more)
             continue
         log.info("%s: resumed from %s (epoch %d done)", _what(fold), path.name, epoch + 1)
+        state.resumed_after = epoch + 1
         return True
     return False
 

@@ -65,11 +65,21 @@ def wrap_distributed(model: Any, device: Any) -> Any:
 
 @dataclass
 class Trained:
-    """What training produced besides the weights (restored to the best epoch in the model)."""
+    """What training produced besides the weights (restored to the best epoch in the model).
+
+    ``runtime``: seconds of this process; ``resumed_after``: epochs done by earlier runs when this
+    one resumed (0 = trained from the start here)."""
 
     history: list
     best_val_loss: float | None
     runtime: float
+    resumed_after: int = 0
+
+    @property
+    def total_runtime(self) -> float:
+        """Training time of every run that contributed (resumed runs included): the epochs' own
+        times, or this process's time for one-pass fits."""
+        return sum(h.get("seconds", 0.0) for h in self.history) if self.history else self.runtime
 
 
 def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path, task: Any, train_idx: np.ndarray, val_idx: np.ndarray, device: Any, val_metrics: Callable | None = None, loss_fn: Callable | None = None, fingerprint: dict | None = None) -> Trained:
@@ -90,7 +100,7 @@ def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path,
             resume=tr.resume, log=run.log, val_metrics=val_metrics, progress=progress, loss_fn=loss_fn,
             penalty=run.model_spec.penalty, fingerprint=fingerprint,
         )
-    return Trained(state.history, state.best_val_loss, time.perf_counter() - t0)
+    return Trained(state.history, state.best_val_loss, time.perf_counter() - t0, state.resumed_after)
 
 
 def fit_inputs(run: Any, model: Any, batches: Any, train_idx: np.ndarray) -> None:

@@ -166,6 +166,13 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, rna_file):
     wa = torch.load(tmp_path / "a/fine-tune/0/pytorch_model.bin", weights_only=True)
     wb = torch.load(tmp_path / "b/fine-tune/0/pytorch_model.bin", weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the training figures cover every run that trained the fold, and the resume is marked
+    tr = json.loads((tmp_path / "b/fine-tune/0/train_results.json").read_text())
+    hist = json.loads((tmp_path / "b/fine-tune/0/trainer_state.json").read_text())["history"]
+    assert tr["resumed_after_epoch"] == 1 and tr["epochs"] == 3
+    assert tr["train_runtime"] == pytest.approx(sum(h["seconds"] for h in hist))
+    assert tr["train_runtime"] > sum(h["seconds"] for h in hist[1:])
+    assert "resumed_after_epoch" not in json.loads((tmp_path / "a/fine-tune/0/train_results.json").read_text())
 
 
 def test_unseen_class_at_predict_is_an_error(tmp_path, rna_file):

@@ -128,7 +128,10 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
         outputs[part], loss = evaluate(model, batches, idx, task, device, run.cfg.settings.environment.precision)
         results[part] = {f"{part}_loss": loss, **{f"{part}_{k}": v for k, v in metrics(run.task, y, idx, outputs[part], scaler, task.n_outputs).items()}}
     n_epochs = len(trained.history)
-    results["train"].update({"train_runtime": trained.runtime, "train_samples": len(fold.train), "train_samples_per_second": len(fold.train) * max(n_epochs, 1) / max(trained.runtime, 1e-9), "epochs": n_epochs})
+    runtime = trained.total_runtime
+    results["train"].update({"train_runtime": runtime, "train_samples": len(fold.train), "train_samples_per_second": len(fold.train) * max(n_epochs, 1) / max(runtime, 1e-9), "epochs": n_epochs})
+    if trained.resumed_after:
+        results["train"].update({"resumed_after_epoch": trained.resumed_after, "train_runtime_this_run": trained.runtime})
     shown = "test" if "test" in parts else "eval"
     headline = {k[len(shown) + 1 :]: v for k, v in results[shown].items() if isinstance(v, float)}
     if not is_main():
