@@ -9,12 +9,16 @@ tokenizer's, a trained model's): by id, never by position.
 
 Section keys read (all optional but ``filepath``): ``layer`` (``X`` by default, ``raw`` or a
 name under ``layers/``), ``genecolumn`` (a ``var`` column holding the gene ids; default the
-``var`` index), ``labelcolumn``, ``splitcolumn``, ``weightcolumn``.
+``var`` index, or the column a plugin's convention names, e.g. Geneformer's ``ensembl_id``),
+``labelcolumn``, ``splitcolumn``, ``weightcolumn``. Other per-cell numbers a model needs (a
+library size, a filter flag) come from :meth:`Cells.obs_numbers`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -76,6 +80,21 @@ class Cells:
     def n_cells(self) -> int:
         return self.reader.n_obs
 
+    @property
+    def is_sparse(self) -> bool:
+        """The file stores the matrix as CSR (some arithmetic, e.g. Geneformer's, depends on it)."""
+        return bool(self.reader.is_sparse)
+
+    def obs_numbers(self, column: str) -> np.ndarray | None:
+        """``(n_cells,)`` float64 values of a numeric ``obs`` column (missing = NaN, booleans
+        0/1), or ``None`` when the file has no such column."""
+        if column not in self.reader.obs_columns:
+            return None
+        values = self.reader.obs_column(column)
+        if values.dtype.kind not in "fiub":
+            raise DataError(self.path, f"obs column '{column}' holds text, expected numbers")
+        return values.astype(np.float64)
+
     def chunks(self, size: int = 512, sparse: bool = False) -> Iterator[CellChunk]:
         """Stream the cells in file order, ``size`` at a time (``sparse``: CSR parts instead of
         dense rows, so memory follows the non-zeros)."""
@@ -90,17 +109,20 @@ class Cells:
             yield CellChunk(lo, ids[lo:hi], None if sparse else x, x if sparse else None, part(self.labels, lo, hi), part(self.splits, lo, hi), part(self.weights, lo, hi))
 
 
-def open_cells(source: Any, label_kind: str | None, unique_genes: bool = False) -> Cells:
+def open_cells(source: Any, label_kind: str | None, unique_genes: bool = False, default_genecolumn: tuple[str, str] | None = None) -> Cells:
     """Open the ``.h5ad`` file of a data-source section for reading cells.
 
     Parameters
     ----------
     source : a data-source config section (``filepath``, and the optional keys of the module
-        docstring; a section without a key reads as if it were unset).
+        docstring; a section without a key reads as if it were unset), or a file path (every key
+        unset).
     label_kind : ``"float"`` (regression) or ``"str"`` (classification): ``labelcolumn`` is
         required and every cell needs a label; ``None``: labels when ``labelcolumn`` is set,
         missing ones kept as ``None``; ``"none"``: no labels.
     unique_genes : the gene ids must not repeat (they become a vocabulary).
+    default_genecolumn : ``(column, config key naming it)``: the ``var`` column of gene ids when
+        the section sets no ``genecolumn`` (a plugin's convention); ``None``: the ``var`` index.
 
     Returns
     -------
@@ -123,11 +145,17 @@ def open_cells(source: Any, label_kind: str | None, unique_genes: bool = False) 
     from .h5ad import H5adReader, obs_strings
     from .schema import section_of
 
+    if isinstance(source, (str, os.PathLike)):
+        source = SimpleNamespace(filepath=source)
     path = str(source.filepath)
     section = section_of(source)
     layer = getattr(source, "layer", None)
     reader = H5adReader(path, layer)
-    genecolumn = getattr(source, "genecolumn", None)
+    genecolumn, named_by = getattr(source, "genecolumn", None), f"{section}.genecolumn"
+    if not genecolumn and default_genecolumn:
+        genecolumn, named_by = default_genecolumn
+    if genecolumn and genecolumn not in reader.var_columns:
+        raise DataError(path, f"no var column '{genecolumn}' holding the gene ids (named by {named_by}; var columns: {', '.join(reader.var_columns) or 'none'}); set {section}.genecolumn to the one holding them")
     genes = reader.var_names if not genecolumn else np.asarray([str(g) for g in reader.var_column(genecolumn)])
     if unique_genes:
         uniq, counts = np.unique(genes, return_counts=True)

@@ -387,10 +387,11 @@ def on_train_end(state: Any) -> None:
 #                                            a fixed-shape feature array)
 #   DelimitedOptions, ReadStats,             the delimited-text reader: options from a data-source
 #   delimited_options, read_records          section, rows as records, skipped-row counts
-#   H5adReader, is_h5ad, obs_strings         the AnnData (.h5ad) reader: matrix chunks, obs/var
-#                                            columns, obs columns as label/split strings
-#   open_cells, match_genes                  an .h5ad data source as chunks of cells with ids,
-#                                            labels, splits, weights; genes matched by id
+#   is_h5ad                                  is a data file AnnData (.h5ad)?
+#   open_cells, match_genes                  THE .h5ad reader of every expression plugin: a data
+#                                            source (layer, genecolumn) as chunks of cells (dense
+#                                            or CSR) with ids, labels, splits, weights, other
+#                                            numeric obs columns; genes matched by id
 #   OnePassMeanVarStd, ArrayNormalization,   per-feature statistics fitted in one pass with their
 #   rank_share                               DDP merge; EIR's array normalization; a rank's part of
 #                                            the training split (imports torch)
@@ -421,9 +422,7 @@ _HELPERS = {
     "ReadStats": "delimited",
     "delimited_options": "delimited",
     "read_records": "delimited",
-    "H5adReader": "h5ad",
     "is_h5ad": "h5ad",
-    "obs_strings": "h5ad",
     "open_cells": "cells",
     "match_genes": "cells",
     "OnePassMeanVarStd": "input_statistics",

@@ -3,8 +3,8 @@
 What Geneformer does (``TranscriptomeTokenizer.tokenize_anndata`` + ``create_dataset``) and how
 this module does the same:
 
-1. **Genes.** The var column of Ensembl ids (``ensembl_id`` by default; ``index`` = the var index)
-   is upper-cased and mapped through the Ensembl mapping dictionary (restricted to targets in the
+1. **Genes.** The var column of Ensembl ids (the data source's ``genecolumn``; unset: the
+   tokenizer's ``ensembl_column``, ``ensembl_id`` by default, ``index`` = the var index) is upper-cased and mapped through the Ensembl mapping dictionary (restricted to targets in the
    token dictionary). Genes that map nowhere are dropped (counted in the report). Several columns
    mapping to one gene are summed. Column order decides how exact ties are broken (numpy's
    default, unstable ``argsort``), so it follows Geneformer: kept genes in file order; when genes
@@ -25,9 +25,12 @@ this module does the same:
    in the vocabulary (V2): ``[<cls>] + first (size - 2) + [<eos>]``, ``size`` being the model
    input length (biolm's ``blocksize``; Geneformer's 2048 / 4096).
 
-The matrix is streamed in chunks of cells through core's ``H5adReader`` (float32 rows: exact for
-raw counts below 2**24 per entry). The tokenizer is saved whole in ``tokenizer.json`` (token
-dictionary, the medians of vocabulary genes, the mapping), so a trained model needs no pickle.
+The file is read through core's shared cells reader (``open_cells``, as every expression plugin):
+the matrix streamed in chunks of cells (float32 rows: exact for raw counts below 2**24 per entry),
+``layer`` choosing it, the data source's ``genecolumn`` overriding the Ensembl-id column, and
+the obs labels, splits and weights alongside. The tokenizer is saved whole in ``tokenizer.json``
+(token dictionary, the medians of vocabulary genes, the mapping), so a trained model needs no
+pickle.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from biolm.core.hookspecs import DataError, H5adReader, write_text
+from biolm.core.hookspecs import DataError, open_cells, write_text
 
 from .gene_dictionaries import SPECIAL_TOKENS, GeneformerDictionaries, TokenIds
 
@@ -311,24 +314,29 @@ class DictionaryTokenizer(TokenIds):
             out.append((plan.slot_tokens[slots][order], s[order]))
         return out
 
-    def cells(self, path: str, n_genes: int, keep_ranked: int | None = 0, chunk_size: int = _CHUNK_CELLS) -> H5adCells:
+    def cells(self, source: Any, n_genes: int, keep_ranked: int | None = 0, chunk_size: int = _CHUNK_CELLS, label_kind: str | None = "none") -> H5adCells:
         """Stream the cells of an ``.h5ad`` file as :class:`TokenizedCell` s.
 
         Parameters
         ----------
-        path
-            The file (raw counts, all genes, no feature selection).
+        source
+            A data-source section (``filepath``, ``layer``, ``genecolumn``, ``labelcolumn``,
+            ``splitcolumn``, ``weightcolumn``) or a file path; raw counts, all genes, no feature
+            selection.
         n_genes
             Gene tokens kept per cell (:meth:`genes_read` of the model input length).
         keep_ranked
             0: no ranking kept beyond ``gene_ids``; None: the full ranking and scores; ``k``: the top ``k``.
+        label_kind
+            As core's ``open_cells``: which labels are read (``"none"``: none).
 
         Raises
         ------
         DataError
             Missing columns, no vocabulary gene in the file, a bad matrix layout.
         """
-        return H5adCells(self, path, n_genes, keep_ranked, chunk_size)
+        genecolumn = None if self.ensembl_column == "index" else (self.ensembl_column, "model.ensemblcolumn (kept in the tokenizer; 'index' = the var index)")
+        return H5adCells(self, open_cells(source, label_kind, default_genecolumn=genecolumn), n_genes, keep_ranked, chunk_size)
 
 
 class H5adCells:
@@ -336,44 +344,34 @@ class H5adCells:
 
     Attributes
     ----------
-    reader : H5adReader
+    data : core's ``Cells`` of the file (ids, labels, splits, weights by cell index, options)
     plan : GenePlan
     report : TokenizationReport
         Complete once iteration has ended.
     """
 
-    def __init__(self, tok: DictionaryTokenizer, path: str, n_genes: int, keep_ranked: int | None, chunk_size: int) -> None:
+    def __init__(self, tok: DictionaryTokenizer, data: Any, n_genes: int, keep_ranked: int | None, chunk_size: int) -> None:
         self.tok = tok
-        self.reader = r = H5adReader(path)
+        self.data = data
         self.n_genes = int(n_genes)
         self.keep_ranked = keep_ranked
         self.chunk_size = int(chunk_size)
-        col = tok.ensembl_column
-        if col == "index":
-            ids, where = r.var_names, "var index"
-        elif col in r.var_columns:
-            ids, where = r.var_column(col), f"var column '{col}'"
-        else:
-            raise DataError(path, f"no var column '{col}' (where the tokenizer reads Ensembl ids; var columns: {', '.join(r.var_columns) or 'none'}); add it, or learn the tokenizer with model.ensemblcolumn naming the right one ('index' = the var index)")
-        self.plan = tok.gene_plan(ids)
+        path, n_vars = data.path, len(data.genes)
+        where = f"var column '{data.options['genecolumn']}'" if data.options["genecolumn"] else "var index"
+        self.plan = tok.gene_plan(data.genes)
         if self.plan.n_slots == 0:
-            raise DataError(path, f"none of the {r.n_vars} genes of the {where} is in the Geneformer vocabulary (e.g. {', '.join(self.plan.dropped_examples[:5])}); Ensembl ids are needed")
-        obs_cols = r.obs_columns
-        self.library: np.ndarray | None = None
-        source = f"computed from the matrix (sum over all genes; obs has no '{tok.counts_column}')"
-        if tok.counts_column in obs_cols:
-            self.library = r.obs_column(tok.counts_column).astype(np.float64)
-            source = f"obs column '{tok.counts_column}'"
-        self.selected = np.ones(r.n_obs, dtype=bool)
-        if "filter_pass" in obs_cols:
-            self.selected = r.obs_column("filter_pass") == 1
+            raise DataError(path, f"none of the {n_vars} genes of the {where} is in the Geneformer vocabulary (e.g. {', '.join(self.plan.dropped_examples[:5])}); Ensembl ids are needed")
+        self.library = data.obs_numbers(tok.counts_column)
+        source = f"obs column '{tok.counts_column}'" if self.library is not None else f"computed from the matrix (sum over all genes; obs has no '{tok.counts_column}')"
+        flags = data.obs_numbers("filter_pass")
+        self.selected = np.ones(data.n_cells, dtype=bool) if flags is None else flags == 1
         p = self.plan
         self.report = TokenizationReport(
             path=path,
-            n_cells=r.n_obs,
+            n_cells=data.n_cells,
             n_filtered=int((~self.selected).sum()),
             library_size_source=source,
-            n_genes_input=r.n_vars,
+            n_genes_input=n_vars,
             n_genes_kept=int((p.col_slot >= 0).sum()),
             n_genes_dropped=p.n_dropped,
             dropped_examples=p.dropped_examples,
@@ -381,28 +379,29 @@ class H5adCells:
         )
 
     def __iter__(self) -> Iterator[TokenizedCell]:
-        rep, names = self.report, self.reader.obs_names
-        for lo, x in self.reader.iter_chunks(self.chunk_size):
+        rep = self.report
+        for chunk in self.data.chunks(self.chunk_size):
+            lo, x, names = chunk.start, chunk.x, chunk.ids
             n = x.shape[0]
             library = self.library[lo : lo + n] if self.library is not None else x.sum(axis=1, dtype=np.float64)
             good = np.isfinite(library) & (library > 0)
-            ranked = self.tok.rank_rows(x, np.where(good, library, 1.0), self.plan, self.reader.is_sparse)
+            ranked = self.tok.rank_rows(x, np.where(good, library, 1.0), self.plan, self.data.is_sparse)
             for r in range(n):
                 i = lo + r
                 if not self.selected[i]:
                     continue
                 if not good[r]:
                     rep.n_skipped_bad_library += 1
-                    _note(rep.skipped_bad_library, str(names[i]))
+                    _note(rep.skipped_bad_library, str(names[r]))
                     continue
                 tokens, scores = ranked[r]
                 if tokens.size == 0:
                     rep.n_skipped_empty += 1
-                    _note(rep.skipped_empty, str(names[i]))
+                    _note(rep.skipped_empty, str(names[r]))
                     continue
                 rep.n_tokenized += 1
                 rep.n_truncated += int(tokens.size > self.n_genes)
-                cell = TokenizedCell(index=i, name=str(names[i]), gene_ids=tokens[: self.n_genes].copy(), n_expressed=int(tokens.size))
+                cell = TokenizedCell(index=i, name=str(names[r]), gene_ids=tokens[: self.n_genes].copy(), n_expressed=int(tokens.size))
                 if self.keep_ranked != 0:
                     k = tokens.size if self.keep_ranked is None else int(self.keep_ranked)
                     cell.ranked_tokens, cell.ranked_scores = tokens[:k], scores[:k]

@@ -1,9 +1,9 @@
 """The ``generank`` tokenizer kind as the core uses it (``TokenizerSpec``: fit, load, encode,
 make_input), for both vocabularies the plugin knows:
 
-- **fitted** (:class:`GenerankTokenizer`, cellarium-ml semantics): the vocabulary is the var index
-  of the tokenizing ``.h5ad`` and each gene's scale its non-zero median of
-  ``NormalizeTotal(10,000)`` there (:mod:`.fitted_tokenizer`); or, for plain text whose sequence
+- **fitted** (:class:`GenerankTokenizer`, cellarium-ml semantics): the vocabulary is the gene
+  ids (var index, or ``genecolumn``) of the tokenizing ``.h5ad`` and each gene's scale its
+  non-zero median of ``NormalizeTotal(10,000)`` there (:mod:`.fitted_tokenizer`); or, for plain text whose sequence
   column lists gene tokens already in rank order, the distinct tokens (no medians). Store ids are
   gene indices ``0..G-1``, model tokens ``index + 2`` (PAD = 0, MASK = 1). The store keeps
   ``blocksize + 1`` genes: a deletion (``remove``) lets the next-ranked gene move in, exactly as
@@ -16,6 +16,10 @@ make_input), for both vocabularies the plugin knows:
   already truncated cell, as Geneformer's in-silico deletion does.
 
 Input genes that are not in the vocabulary are counted, reported once per file and ignored.
+``.h5ad`` files are read through core's shared cells reader (``open_cells``) in both cases, so the
+data-source keys ``layer``, ``genecolumn``, ``labelcolumn``, ``splitcolumn`` and ``weightcolumn``
+mean what they mean for every expression plugin (with Geneformer's dictionaries an unset
+``genecolumn`` means the tokenizer's ``ensemblcolumn``, ``ensembl_id`` by default).
 """
 
 from __future__ import annotations
@@ -34,14 +38,12 @@ from biolm.core.hookspecs import (
     ConfigError,
     DataError,
     EncodedRecord,
-    H5adReader,
     ReadStats,
     delimited_options,
     is_h5ad,
-    obs_strings,
+    open_cells,
     read_json,
     read_records,
-    section_of,
     write_text,
 )
 
@@ -109,7 +111,7 @@ def fit(source: Any, cfg: Any, log: Any) -> GenerankTokenizer | DictionaryTokeni
     if model_cfg.dictionaries or model_cfg.pretrained:
         return _dictionary_tokenizer(model_cfg, log)
     if is_h5ad(source.filepath):
-        return _fit_h5ad(str(source.filepath), cfg, log)
+        return _fit_h5ad(source, cfg, log)
     return _fit_ranked_text(source, cfg, log)
 
 
@@ -145,34 +147,24 @@ def _dictionary_tokenizer(model_cfg: Any, log: Any) -> DictionaryTokenizer:
     return tok
 
 
-def _reader(path: str, unique_genes: bool = False) -> H5adReader:
-    """An :class:`H5adReader`; ``unique_genes``: the gene names become a vocabulary, so they
-    must not repeat (when encoding, only repeats of vocabulary genes are an error)."""
-    reader = H5adReader(path)
-    if unique_genes:
-        uniq, counts = np.unique(reader.var_names, return_counts=True)
-        if np.any(counts > 1):
-            raise DataError(path, f"gene names (var index) repeat: {', '.join(uniq[counts > 1][:5])}; the vocabulary needs unique names (e.g. Ensembl ids)")
-    return reader
-
-
-def _fit_h5ad(path: str, cfg: Any, log: Any) -> GenerankTokenizer:
-    reader = _reader(path, unique_genes=True)
-    if reader.n_obs == 0 or reader.n_vars == 0:
-        raise DataError(path, f"no cells or no genes ({reader.n_obs} x {reader.n_vars})")
+def _fit_h5ad(source: Any, cfg: Any, log: Any) -> GenerankTokenizer:
+    cells = open_cells(source, "none", unique_genes=True)  # the gene ids become the vocabulary
+    path, n_cells = cells.path, cells.n_cells
+    if n_cells == 0 or len(cells.genes) == 0:
+        raise DataError(path, f"no cells or no genes ({n_cells} x {len(cells.genes)})")
     n = cfg.tokenization.samplesize
     keep = None
-    if n and n < reader.n_obs:
-        keep = np.zeros(reader.n_obs, dtype=bool)
-        keep[np.random.default_rng(cfg.seed).choice(reader.n_obs, size=n, replace=False)] = True
-        log.info("fitting the gene medians on a random subsample of %d of %d cells (samplesize)", n, reader.n_obs)
+    if n and n < n_cells:
+        keep = np.zeros(n_cells, dtype=bool)
+        keep[np.random.default_rng(cfg.seed).choice(n_cells, size=n, replace=False)] = True
+        log.info("fitting the gene medians on a random subsample of %d of %d cells (samplesize)", n, n_cells)
 
     def chunks() -> Iterator[np.ndarray]:
-        for lo, x in reader.iter_chunks(_CHUNK_CELLS):
-            yield x if keep is None else x[keep[lo : lo + len(x)]]
+        for chunk in cells.chunks(_CHUNK_CELLS):
+            yield chunk.x if keep is None else chunk.x[keep[chunk.start : chunk.start + len(chunk)]]
 
     try:
-        core = GeneRankTokenizer.fit(chunks(), reader.var_names, max_len=cfg.settings.training.blocksize)
+        core = GeneRankTokenizer.fit(chunks(), cells.genes, max_len=cfg.settings.training.blocksize)
     except ValueError as exc:
         raise DataError(path, str(exc)) from None
     n_never = int(np.sum(core.n_nonzero_g == 0)) if core.n_nonzero_g is not None else 0
@@ -219,35 +211,26 @@ def encode(tok: Any, source: Any, encoding: Any, log: Any, label_kind: str | Non
         opts = delimited_options(source, label_kind=label_kind)
         options = dict(opts.parsing_options(), format="ranked-text", blocksize=blocksize, stored_genes=keep, tokenizer=tok.sha())
         return _text_records(tok, opts, keep, log, path), options
-    section = section_of(source)
-    labelcolumn = getattr(source, "labelcolumn", None) if label_kind != "none" else None
-    splitcolumn = getattr(source, "splitcolumn", None)
-    if label_kind in ("float", "str") and not labelcolumn:
-        raise ConfigError(f"{section}.labelcolumn", f"required for .h5ad input: the obs column holding the labels of {path}")
-    options = {"format": "h5ad-geneformer" if dictionary else "h5ad", "blocksize": blocksize, "stored_genes": keep, "labelcolumn": labelcolumn, "splitcolumn": splitcolumn, "label_kind": label_kind, "tokenizer": tok.sha()}
     if dictionary:
-        cells = tok.cells(path, keep)  # reads the gene columns now: a bad file fails before the store build
-        reader = cells.reader
+        tokenized = tok.cells(source, keep, label_kind=label_kind)  # reads the gene columns now: a bad file fails before the store build
+        cells, records = tokenized.data, _dictionary_records(tokenized, log)
     else:
-        reader = _reader(path)
-        order = _fitted_gene_order(tok, reader)
-    labels = obs_strings(reader, labelcolumn, label_kind, f"{section}.labelcolumn") if labelcolumn else None
-    splits = obs_strings(reader, splitcolumn, None, f"{section}.splitcolumn") if splitcolumn else None
-    if dictionary:
-        return _dictionary_records(cells, labels, splits, log), options
-    return _fitted_records(tok, reader, order, labels, splits, keep, log), options
+        cells = open_cells(source, label_kind)
+        records = _fitted_records(tok, cells, _fitted_gene_order(tok, cells), keep, log)
+    options = dict(cells.options, format="h5ad-geneformer" if dictionary else "h5ad", blocksize=blocksize, stored_genes=keep, tokenizer=tok.sha())
+    return records, options
 
 
-def _fitted_gene_order(tok: GenerankTokenizer, reader: H5adReader) -> Any:
-    path = reader.path
+def _fitted_gene_order(tok: GenerankTokenizer, cells: Any) -> Any:
+    path, n_genes = cells.path, len(cells.genes)
     if not tok.has_medians:
         raise ConfigError("tokenization.encoding", f"the tokenizer was learned on rank-ordered text (no per-gene medians) and cannot rank the counts of {path}; learn it on an .h5ad file (tokenize)")
     try:
-        order = tok.core.gene_order(reader.var_names)
+        order = tok.core.gene_order(cells.genes)
     except ValueError as exc:
         raise DataError(path, str(exc)) from None
-    if order.n_unknown == reader.n_vars:
-        raise DataError(path, f"none of its {reader.n_vars} genes is in the tokenizer's vocabulary (e.g. {', '.join(order.unknown_examples[:5])}); was the tokenizer learned on other data?")
+    if order.n_unknown == n_genes:
+        raise DataError(path, f"none of its {n_genes} genes is in the tokenizer's vocabulary (e.g. {', '.join(order.unknown_examples[:5])}); was the tokenizer learned on other data (or another genecolumn)?")
     return order
 
 
@@ -255,31 +238,35 @@ def _record(rid: str, genes: np.ndarray, label: Any, weight: Any, split: Any, n:
     return EncodedRecord(rid, genes.astype(np.int32), np.zeros((len(genes), 0), dtype=np.float32), label, weight, split, 0, n)
 
 
-def _fitted_records(tok: GenerankTokenizer, reader: H5adReader, order: Any, labels: list | None, splits: list | None, keep: int, log: Any) -> Iterator[EncodedRecord]:
+def _at(values: list | None, i: int) -> Any:
+    return None if values is None else values[i]
+
+
+def _fitted_records(tok: GenerankTokenizer, cells: Any, order: Any, keep: int, log: Any) -> Iterator[EncodedRecord]:
     if not order.identity:
-        log.warning("%s: %s", reader.path, order.describe())
-    obs = reader.obs_names
+        log.warning("%s: %s", cells.path, order.describe())
     empty = 0
     core = tok.core
-    for lo, x in reader.iter_chunks(_CHUNK_CELLS):
+    for chunk in cells.chunks(_CHUNK_CELLS):
+        x = chunk.x
         try:
             z = core.normalize(x, None if order.identity else order)
         except ValueError as exc:
-            raise DataError(reader.path, f"cells {lo + 1}..{lo + len(x)}: {exc}") from None
+            raise DataError(cells.path, f"cells {chunk.start + 1}..{chunk.start + len(x)}: {exc}") from None
         nnz = (z > 0).sum(dim=1).numpy()
         ids = core.rank(z, max_len=keep)[0].numpy()
         for r in range(len(x)):
-            i = lo + r
             empty += nnz[r] == 0
-            yield _record(str(obs[i]), ids[r, : min(nnz[r], keep)] - 2, labels[i] if labels else None, None, splits[i] if splits else None, int(nnz[r]))
+            yield _record(str(chunk.ids[r]), ids[r, : min(nnz[r], keep)] - 2, _at(chunk.labels, r), _at(chunk.weights, r), _at(chunk.splits, r), int(nnz[r]))
     if empty:
-        log.warning("%s: %d cell(s) express no vocabulary gene (empty sentences)", reader.path, empty)
+        log.warning("%s: %d cell(s) express no vocabulary gene (empty sentences)", cells.path, empty)
 
 
-def _dictionary_records(cells: Any, labels: list | None, splits: list | None, log: Any) -> Iterator[EncodedRecord]:
-    for c in cells:
-        yield _record(c.name, c.gene_ids, labels[c.index] if labels else None, None, splits[c.index] if splits else None, c.n_expressed)
-    report = cells.report
+def _dictionary_records(tokenized: Any, log: Any) -> Iterator[EncodedRecord]:
+    data = tokenized.data
+    for c in tokenized:
+        yield _record(c.name, c.gene_ids, _at(data.labels, c.index), _at(data.weights, c.index), _at(data.splits, c.index), c.n_expressed)
+    report = tokenized.report
     for line in report.lines():
         (log.warning if report.n_skipped_empty or report.n_skipped_bad_library else log.info)("%s", line)
 
