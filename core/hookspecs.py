@@ -396,6 +396,7 @@ def on_train_end(state: Any) -> None:
 #   rank_share                               DDP merge; EIR's array normalization; a rank's part of
 #                                            the training split (imports torch)
 #   InputAdapter                             wrap a module whose forward takes tensors (imports torch)
+#   max_threads                              cap torch's intra-op threads for loops of small ops
 #   onehot                                   store ids + modifiers -> one-hot input (imports torch)
 
 _HELPERS = {
@@ -429,6 +430,7 @@ _HELPERS = {
     "ArrayNormalization": "input_statistics",
     "rank_share": "input_statistics",
     "InputAdapter": "adapters",
+    "max_threads": "threads",
     "onehot": "atomic_tokenizer",
 }
 

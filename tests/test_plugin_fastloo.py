@@ -22,6 +22,8 @@ from biolm.plugins.pca import fastloo as pca_fastloo
 from biolm.plugins.psam import fastloo as psam_fastloo
 from biolm.plugins.saluki import fastloo as saluki_fastloo
 
+from loo_oracle import full_forward_loo
+
 TOL = 1e-5
 
 
@@ -81,17 +83,7 @@ def saturate(inp: dict, n: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, rows
 
 
-def reference(model, inp: dict, positions, rows, batch: int = 128) -> torch.Tensor:
-    """Full forward passes of the perturbed copies (the core's fallback)."""
-    x, lengths = inp["x"], inp["lengths"]
-    outs = []
-    with torch.no_grad():
-        for s in range(0, len(positions), batch):
-            p = positions[s: s + batch]
-            xb = x.repeat(len(p), 1, 1)
-            xb[torch.arange(len(p)), p] = rows[s: s + batch]
-            outs.append(model({"x": xb, "lengths": lengths.repeat(len(p))}))
-    return torch.cat(outs)
+reference = full_forward_loo  # the core's fallback: full forward passes of the perturbed copies
 
 
 def check(fast_loo, model, inp, n, positions, rows, effect: float = 1e-3) -> float:

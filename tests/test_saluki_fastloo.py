@@ -18,10 +18,11 @@ import torch
 
 from biolm.plugins.saluki import SalukiSchema, _build
 from biolm.plugins.saluki import fastloo as fl
-from biolm.plugins.saluki.fastloo import fast_loo, full_forward_loo
+from biolm.plugins.saluki.fastloo import fast_loo
 from biolm.plugins.saluki.model import Saluki, min_seq_length
 
 from conftest import write_config
+from loo_oracle import full_forward_loo
 
 TOL = 1e-5
 

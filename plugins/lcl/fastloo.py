@@ -37,31 +37,17 @@ builds one) is not handled by the shortcut: :func:`fast_loo` then runs batched f
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 
+from biolm.core.hookspecs import max_threads
+
 __all__ = ["fast_loo", "full_forward_loo"]
 
 _CHUNK = 256  # perturbations per chunk: the dense suffix's activations stay in cache
 _F64 = torch.float64
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run with at most ``n`` intra-op threads: every op here is small, and an OpenMP team per op
-    costs more in barriers than it saves (on a loaded machine, far more)."""
-    old = torch.get_num_threads()
-    if n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,7 +321,7 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
     # single-threaded ops; on CPU the chunks go to one Python thread per intra-op thread the
     # caller had (torch releases the GIL inside ops), as in Saluki's routine
     workers = torch.get_num_threads() if dev.type == "cpu" else 1
-    with torch.no_grad(), _threads(1):
+    with torch.no_grad(), max_threads(1):
         plan = _Plan(net, x)
         slices = [slice(c0, c0 + _CHUNK) for c0 in range(0, pos.shape[0], _CHUNK)]
 

@@ -22,27 +22,13 @@ saturation mutagenesis of a whole sequence from one contraction).
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 
 import torch
 
+from biolm.core.hookspecs import max_threads
+
 __all__ = ["fast_loo", "saturation", "effective_weights"]
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run with at most ``n`` intra-op threads: every op here is small, and an OpenMP team per op
-    costs more in barriers than it saves (on a loaded machine, far more)."""
-    old = torch.get_num_threads()
-    if n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _net(model):
@@ -125,7 +111,7 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
         return torch.zeros(0, net.num_outputs, dtype=out_dtype, device=dev)
     if int(pos.min()) < 0 or int(pos.max()) >= L:
         raise ValueError(f"pca fast_loo: positions must lie in [0, {L})")
-    with torch.no_grad(), _threads(1):
+    with torch.no_grad(), max_threads(1):
         x = x.to(dev)
         base = _base(model, x).to(torch.float64)  # (1, O)
         w_eff = effective_weights(model, L, C)  # (L, C, O)

@@ -38,29 +38,14 @@ channel/same/reverse, binned and length-specific position biases, Hill coefficie
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
+
+from biolm.core.hookspecs import max_threads
 
 __all__ = ["fast_loo"]
 
 _CHUNK = 8192  # perturbations per chunk (the largest temporary is (chunk, channels, span) float64)
 _F64 = torch.float64
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run with at most ``n`` intra-op threads: every op here is small, and an OpenMP team per op
-    costs more in barriers than it saves (on a loaded machine, far more)."""
-    old = torch.get_num_threads()
-    if n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _net(model):
@@ -256,7 +241,7 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
         raise ValueError(f"psam fast_loo: positions must lie in [0, {L})")
     lengths = inp.get("lengths")
     length = int(lengths.reshape(-1)[0]) if lengths is not None else int(n)
-    with torch.no_grad(), _threads(1):
+    with torch.no_grad(), max_threads(1):
         xa = _project(model, x[0].to(dev))  # (L, A)
         ra = _project(model, rows)  # (P, A)
         beyond = torch.arange(L, device=dev) >= length

@@ -40,15 +40,16 @@ computes eval-mode semantics (no dropout, no shift).
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
+from biolm.core.hookspecs import max_threads
+
 from . import model as _model
 
-__all__ = ["fast_loo", "full_forward_loo"]
+__all__ = ["fast_loo"]
 
 _CHUNK = 1024  # most perturbations per chunk (the largest temporary is (2K, chunk, filters))
 _MIN_CHUNK = 256  # fewest perturbations per chunk when chunks are spread over threads
@@ -60,20 +61,6 @@ def _window_starts(p: int, k: int, num_layers: int) -> list[int]:
     The row recurrence ``s -> (s - K + 1) // 2`` from ``p - K + 1`` is the one that gives the trunk
     lengths from the input length, so :func:`.model.trunk_lengths` computes it."""
     return _model.trunk_lengths(p, k, num_layers)
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run with ``n`` intra-op threads (OpenMP barriers cost more than these small ops)."""
-    old = torch.get_num_threads()
-    if n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 class _Net:
@@ -230,7 +217,7 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
     # single-threaded, and on CPU the chunks of perturbations go to a pool of one thread per
     # intra-op thread the caller had (torch releases the GIL inside ops).
     workers = torch.get_num_threads() if dev.type == "cpu" else 1
-    with torch.no_grad(), _threads(1):
+    with torch.no_grad(), max_threads(1):
         # ---- unperturbed pass over the data-dependent prefix -----------------------------------
         nz = torch.nonzero(x.abs().sum(1)).flatten()
         n_eff = max(int(n), p_max + 1, int(nz.max()) + 1 if nz.numel() else 0, 1)
@@ -358,34 +345,3 @@ def _chunk(p_: _Net, conv0_rows: _Padded, layers, t_comp: int, steps: int, xpu, 
     state = torch.empty_like(hstate)
     state[ids[order]] = hstate
     return p_.head(state)
-
-
-def full_forward_loo(model, inp: dict, positions: torch.Tensor, rows: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Baseline: batched full forward passes of the perturbed inputs.
-
-    Parameters
-    ----------
-    model : the plugin model (InputAdapter: ``forward({"x", "lengths"})``)
-    inp : dict with ``x`` (1, L, C) and ``lengths`` (1,)
-    positions : (P,) int; rows : (P, C)
-    batch : perturbed copies per forward pass
-
-    Returns
-    -------
-    (P, num_outputs)
-    """
-    x = inp["x"]
-    lengths = inp.get("lengths")
-    pos = torch.as_tensor(positions, device=x.device).long().reshape(-1)
-    rows = torch.as_tensor(rows, device=x.device).to(x.dtype)
-    outs = []
-    with torch.no_grad():
-        for s in range(0, len(pos), batch):
-            p = pos[s: s + batch]
-            xb = x.repeat(len(p), 1, 1)
-            xb[torch.arange(len(p), device=x.device), p] = rows[s: s + batch]
-            b = {"x": xb}
-            if lengths is not None:
-                b["lengths"] = lengths.repeat(len(p))
-            outs.append(model(b))
-    return torch.cat(outs)

@@ -7,7 +7,6 @@ formulation (``tests/test_saluki_model.py``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -16,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from biolm.core.hookspecs import max_threads
 
 
 def _as_cl4(x: torch.Tensor) -> torch.Tensor:
@@ -231,22 +232,6 @@ def max_pool_pairs(y: torch.Tensor) -> torch.Tensor:
     return torch.maximum(yp[:, 0], yp[:, 1])
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run tiny matmuls single-threaded: MKL splits even a (32 x 64) @ (64 x 192) product over
-    the OpenMP team, whose barrier costs more than the product (milliseconds per step when
-    another process holds a core)."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def gru_loop(xp: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
               backwards: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """GRU recurrence (no autograd). Shapes as in :class:`GRURecurrence`.
@@ -271,7 +256,9 @@ def gru_loop(xp: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h0: torch
     rz = h0.new_empty(steps, bsz, 2 * hid)
     n = h0.new_empty(steps, bsz, hid)
     hs[0] = h0.expand(bsz, hid)
-    with _one_thread():
+    # tiny matmuls single-threaded: MKL splits even a (32 x 64) @ (64 x 192) product over the
+    # OpenMP team, whose barrier costs more than the product
+    with max_threads(1):
         for i, t in enumerate(order):
             x_t = xp[:, t]
             torch.addmm(b_hh, hs[i], w_t, out=hp[i])
@@ -313,7 +300,7 @@ class GRURecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh):
-        with _one_thread():  # every tensor here is small
+        with max_threads(1):  # every tensor here is small
             return GRURecurrence._backward(ctx, dh)
 
     @staticmethod
