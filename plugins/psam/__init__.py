@@ -39,7 +39,7 @@ class PSAMSchema:
 def _build(model_cfg: PSAMSchema, info):
     import torch
 
-    from .model import PSAMPredictor
+    from .predictor import PSAMPredictor
 
     vocab = list(info.tokenizer.vocab)
     if not vocab:
@@ -75,7 +75,7 @@ def _build(model_cfg: PSAMSchema, info):
 
 
 def _export(model, folddir):
-    from .model import export_psams
+    from .export import export_psams
 
     export_psams(model.net, folddir / "psams")
 

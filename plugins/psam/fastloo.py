@@ -29,7 +29,7 @@ dilation only those with ``j % dil == 0``). :func:`fast_loo`
 Everything is computed in float64 (the work per perturbation is ``span * channels * A`` numbers),
 so the result differs from the model's float32 forward pass only by that pass's own rounding.
 All ops are small and run single-threaded (an OpenMP team per op costs more than it saves).
-All options of :class:`~biolm.plugins.psam.model.PSAMPredictor` are supported: several modes (of
+All options of :class:`~biolm.plugins.psam.predictor.PSAMPredictor` are supported: several modes (of
 different kernel sizes), both strands, pairwise terms, dilation, symmetry, normalisation,
 channel/same/reverse, binned and length-specific position biases, Hill coefficients, the three
 ``unknown`` rules, padding (``lengths`` < L), non-finite (``-inf``) padding rows, and the dense
@@ -49,7 +49,7 @@ _F64 = torch.float64
 
 
 def _net(model):
-    """The :class:`~biolm.plugins.psam.model.PSAMPredictor` inside the plugin's input wrapper."""
+    """The :class:`~biolm.plugins.psam.predictor.PSAMPredictor` inside the plugin's input wrapper."""
     return getattr(model, "net", model)
 
 
