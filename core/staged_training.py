@@ -11,7 +11,8 @@ hook) and count across stages.
 Progress lives in ``TrainState.schedule`` (JSON, in every checkpoint's ``state.json``)::
 
     stage        index of the running stage
-    phase        "train" while its epochs run, "done" after its last epoch
+    phase        "train" while its epochs run, "done" after its last epoch ("diverged": the
+                 objective became NaN/inf; that epoch was undone)
     stage_epoch  epochs run in the stage;  objective  the objective after the last of them
     slow         epochs in a row whose relative improvement was below the stage's tol
     greedy       the objective and kept epoch before the running greedy proposal
@@ -73,7 +74,7 @@ class FullBatch:
                 penalty = self.loop.penalty(net)
                 if backward and penalty.requires_grad:
                     penalty.backward()
-                value += float(penalty)
+                value += float(penalty.detach())
         return value, loss
 
 
@@ -200,7 +201,7 @@ class StagedFit:
         st.stage = stage.name
         ctx = Context(self, stage)
         while True:
-            if resumed and sched["phase"] in ("train", "done"):
+            if resumed and sched["phase"] in ("train", "done", "diverged"):
                 resumed = False
             else:
                 if stage.greedy:
@@ -252,28 +253,35 @@ class StagedFit:
         while sched["phase"] == "train" and not st.stop_training:
             t0 = time.perf_counter()
             if stage.optimizer == "lbfgs":
+                before = self.weights()
                 value, loss = self.lbfgs_epoch(stage)
             else:
                 loss = train_epoch(self.loop, st)
                 value = loss + (float(self.loop.penalty(self.net)) if self.loop.penalty is not None else 0.0)
-            previous = sched["objective"]
             if not math.isfinite(value):
-                gain = -math.inf
-            else:
-                gain = math.inf if previous is None else (previous - value) / max(abs(previous), 1e-12)
+                # nothing of this epoch is kept (it is not recorded either: a resumed run redoes it)
+                if stage.optimizer == "lbfgs":
+                    self.net.load_state_dict(before)
+                self.loop.log.warning("fold %s: %s: the objective became %s; the stage ends with its best weights before that", st.fold, stage.name, value)
+                sched["phase"] = "diverged"
+                break
+            previous = sched["objective"]
+            gain = math.inf if previous is None else (previous - value) / max(abs(previous), 1e-12)
             sched["slow"] = sched["slow"] + 1 if gain < stage.tol else 0
             sched["stage_epoch"] += 1
-            sched["objective"] = value if math.isfinite(value) else previous
-            if not math.isfinite(value) or sched["slow"] >= stage.converge_epochs or sched["stage_epoch"] >= limit:
+            sched["objective"] = value
+            if sched["slow"] >= stage.converge_epochs or sched["stage_epoch"] >= limit:
                 sched["phase"] = "done"
             end_epoch(self.loop, st, loss, t0, objective=value)
         if st.best_state is not None:
             self.net.load_state_dict(st.best_state)
         else:
             self.net.load_state_dict(st.schedule_tensors["start"])
+        if sched["phase"] == "diverged":
+            return "diverged"
         if st.stop_training:
             return "early stop"
-        return "converged" if sched["slow"] >= stage.converge_epochs else ("diverged" if sched["stage_epoch"] < limit else "epoch limit")
+        return "converged" if sched["slow"] >= stage.converge_epochs else "epoch limit"
 
     def lbfgs_epoch(self, stage: Stage) -> tuple[float, float]:
         """One full-batch L-BFGS step; returns the (objective, mean loss) after it."""

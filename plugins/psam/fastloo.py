@@ -6,7 +6,8 @@ Per binding mode the model computes, for every window start ``s`` and strand/mot
     R[c, s] = sum_k beta_k . xe[s + k*dil] + sum_d sum_k xe[s+k]^T B_{d,k} xe[s+k+d]
     log_affinity = logsumexp_{c, s} T[c, s]
 
-then ``head(clamp(log_affinities, min_log_affinity))``. ``xe`` is the input after the vocabulary
+then the head on the modes' combination (``PSAMPredictor.head_input``: the floored log-sum-exp
+over modes, or the floored per-mode log-affinities). ``xe`` is the input after the vocabulary
 projection with the ``unknown`` rule applied (padding rows and ``unknown="pad"`` rows -> 0 and
 flagged as padding; all-zero rows -> ``1/A`` per letter for ``"mean"``, 0 for ``"zero"``).
 
@@ -257,6 +258,6 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
             for m, xe, pad in modes:
                 xe_new, pad_new = _effective(ra[c0: c0 + _CHUNK], p >= length, m.unknown)
                 la.append(m.log_affinity(xe, pad, p, xe_new, pad_new))
-            la = torch.stack(la, dim=-1).clamp_min(net.min_log_affinity)  # (P, n_modes)
-            outs.append(head(la.to(head.weight.dtype)))
+            la = torch.stack(la, dim=-1)  # (P, n_modes)
+            outs.append(head(net.head_input(la).to(head.weight.dtype)))
         return torch.cat(outs)

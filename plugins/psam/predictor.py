@@ -1,5 +1,14 @@
 """The predictor: one or more binding modes whose log-affinities feed a regression /
-classification head."""
+classification head, and the plugin's model around it (vocabulary channels + lengths in).
+
+Modes are combined in affinity space by default, as PyProBound's ``Aggregate`` does::
+
+    log Z(S) = logsumexp_a log_affinity_a(S)        (each mode's PSAM bias = its log activity)
+    output   = head(max(log Z, min_log_affinity)),  head = Linear(1, num_outputs)
+
+or (``combine="linear"``) with a linear head on the floored per-mode log-affinities
+(Linear(n_modes, num_outputs)). With one mode both are the same model.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from .alphabet import Alphabet, alphabet_projection, get_alphabet
 from .convolution import Mode, PSAMConv1d
 from .psam import PSAM
 
-__all__ = ["PSAMPredictor"]
+__all__ = ["PSAMPredictor", "PSAMInput"]
 
 
 class PSAMPredictor(nn.Module):
@@ -49,6 +58,8 @@ class PSAMPredictor(nn.Module):
     min_log_affinity : float, default -100
         Floor for log-affinities before the head, so a sequence shorter than a kernel (log
         affinity ``-inf``) still gives a finite prediction.
+    combine : {"affinity", "linear"}, default "affinity"
+        How the modes meet the head (see the module docstring).
 
     Notes
     -----
@@ -84,13 +95,17 @@ class PSAMPredictor(nn.Module):
         train_hill: bool = False,
         vocab: Sequence[str] | None = None,
         min_log_affinity: float = -100.0,
+        combine: Literal["affinity", "linear"] = "affinity",
     ) -> None:
         super().__init__()
         if task not in ("regression", "classification"):
             raise ValueError(f"task must be regression or classification, not {task!r}")
         if n_modes < 1 or num_outputs < 1:
             raise ValueError("n_modes and num_outputs must be positive")
+        if combine not in ("affinity", "linear"):
+            raise ValueError(f"combine must be affinity or linear, not {combine!r}")
         self.task = task
+        self.combine = combine
         self.num_outputs = num_outputs
         self.n_modes = n_modes
         self.min_log_affinity = min_log_affinity
@@ -132,7 +147,7 @@ class PSAMPredictor(nn.Module):
             )
             modes.append(Mode([conv], train_hill=train_hill))
         self.modes = nn.ModuleList(modes)
-        self.head = nn.Linear(n_modes, num_outputs)
+        self.head = nn.Linear(n_modes if combine == "linear" else 1, num_outputs)
         if vocab is not None:
             self.register_buffer("projection", alphabet_projection(vocab, self.alphabet), persistent=False)
         else:
@@ -154,8 +169,50 @@ class PSAMPredictor(nn.Module):
         lengths : Tensor, optional
             (B,) unpadded lengths.
         """
-        la = self.log_affinities(x, lengths).clamp_min(self.min_log_affinity)
-        return self.head(la.to(self.head.weight.dtype))
+        return self.head(self.head_input(self.log_affinities(x, lengths)).to(self.head.weight.dtype))
+
+    def head_input(self, la: Tensor) -> Tensor:
+        """What the head reads: (B, n_modes) log-affinities -> (B, 1) floored ``log Z`` (affinity
+        combine) or (B, n_modes) floored log-affinities (linear combine)."""
+        if self.combine == "affinity":
+            la = la.logsumexp(-1, keepdim=True)
+        return la.clamp_min(self.min_log_affinity)
 
     def psams(self) -> list[PSAM]:
         return [mode.psam for mode in self.modes]
+
+
+class PSAMInput(nn.Module):
+    """The plugin's model: the engine's input dict -> the predictor on the vocabulary channels
+    (modifier channels are not part of a PSAM) with the real lengths.
+
+    Parameters
+    ----------
+    net : PSAMPredictor
+    n_vocab : int
+        Vocabulary channels at the front of ``batch["x"]`` (B, L, n_vocab + modifiers).
+    """
+
+    def __init__(self, net: PSAMPredictor, n_vocab: int) -> None:
+        super().__init__()
+        self.net = net
+        self.n_vocab = n_vocab
+
+    def forward(self, batch: dict) -> Tensor:
+        """(B, num_outputs) predictions."""
+        return self.net(batch["x"][..., : self.n_vocab], batch["lengths"])
+
+    def log_affinities(self, batch: dict) -> Tensor:
+        """(B, n_modes) per-mode log-affinities."""
+        return self.net.log_affinities(batch["x"][..., : self.n_vocab], batch["lengths"])
+
+    def letters(self, batch: dict) -> Tensor:
+        """(B, L) int64 alphabet index of every position; -1 for padding and for rows that are
+        not exactly one letter (N, tokens outside the alphabet)."""
+        x = batch["x"][..., : self.n_vocab]
+        net = self.net
+        if net.projection is not None and x.shape[-1] == net.projection.shape[0]:
+            x = x.to(net.projection.dtype) @ net.projection
+        one = (x == 1).sum(-1) == 1
+        beyond = torch.arange(x.shape[1], device=x.device)[None, :] >= batch["lengths"][:, None]
+        return torch.where(one & (x.sum(-1) == 1) & ~beyond, x.argmax(-1), torch.full_like(x[..., 0], -1, dtype=torch.int64))
