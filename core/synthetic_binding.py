@@ -98,7 +98,7 @@ class BindingData:
         return path
 
 
-def make_binding_data(n: int = 4000, length: int = 100, n_motifs: int = 1, widths: int | list[int] = 10, site_prob: float = 0.5, site_temp: float = 1.0, noise_ratio: float = 0.35, scale: float = 1.0, offset: float = 0.0, seed: int = 0) -> BindingData:
+def make_binding_data(n: int = 4000, length: int = 100, n_motifs: int = 1, widths: int | list[int] = 10, site_prob: float = 0.5, site_temp: float = 1.0, noise_ratio: float = 0.35, scale: float = 1.0, offset: float = 0.0, seed: int = 0, energies: list[np.ndarray] | None = None) -> BindingData:
     """Draw a data set.
 
     Parameters
@@ -110,10 +110,12 @@ def make_binding_data(n: int = 4000, length: int = 100, n_motifs: int = 1, width
     noise_ratio : noise sd over the sd of the noiseless label (0.35: ceiling about 0.944).
     scale, offset : label = scale * log-affinity + offset (+ noise).
     seed : everything is determined by it.
+    energies : plant these matrices instead of drawing ``n_motifs`` new ones.
     """
     rng = np.random.default_rng(seed)
     ws = [widths] * n_motifs if isinstance(widths, int) else list(widths)
-    energies = [random_energy_matrix(rng, w) for w in ws]
+    energies = [np.asarray(e, float) for e in energies] if energies is not None else [random_energy_matrix(rng, w) for w in ws]
+    ws = [len(e) for e in energies]
     codes = rng.integers(0, 4, size=(n, length))
     sites: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
     for m, e in enumerate(energies):
@@ -135,7 +137,7 @@ def make_binding_data(n: int = 4000, length: int = 100, n_motifs: int = 1, width
             sites[i].append((m, start, strand))
     noiseless = scale * log_affinity(codes, energies) + offset
     labels = noiseless + rng.normal(0.0, noise_ratio * float(noiseless.std()), size=n)
-    params = dict(n=n, length=length, n_motifs=n_motifs, widths=ws, site_prob=site_prob, site_temp=site_temp, noise_ratio=noise_ratio, scale=scale, offset=offset, seed=seed)
+    params = dict(n=n, length=length, n_motifs=len(energies), widths=ws, site_prob=site_prob, site_temp=site_temp, noise_ratio=noise_ratio, scale=scale, offset=offset, seed=seed)
     return BindingData(codes, labels, noiseless, energies, sites, float(np.corrcoef(labels, noiseless)[0, 1]), params)
 
 
@@ -188,3 +190,28 @@ def strong_sites(data: BindingData, max_energy: float = 2.0, dominance: float = 
                 rows.append(i)
                 break
     return rows
+
+
+def write_example(outdir: Path, n_train: int = 1500, n_predict: int = 100, length: int = 100, seed: int = 11) -> dict[str, Path]:
+    """The psam example: ``dna_binding_train.txt`` (``id, label, sequence``; one planted 10-bp
+    motif in half the sequences), ``dna_binding_predict.txt`` (the same motif planted once in
+    every sequence, drawn at half the temperature, so closer to its consensus: sites whose
+    leave-one-out scores stand out) and ``dna_binding_truth.json`` (the planted energies and
+    betas, the consensus, the noise ceilings and the predict file's sites)."""
+    from .outputs import write_json
+
+    outdir = Path(outdir)
+    train = make_binding_data(n=n_train, length=length, n_motifs=1, widths=10, seed=seed)
+    predict = make_binding_data(n=n_predict, length=length, site_prob=1.0, site_temp=0.5, seed=seed + 1, energies=train.energies)
+    paths = {"train": train.write(outdir / "dna_binding_train.txt"), "predict": predict.write(outdir / "dna_binding_predict.txt", first=n_train)}
+    truth = {
+        "what": "planted motif of the psam example (biolm.core.synthetic_binding); betas = -energies",
+        "energies": [e.round(4).tolist() for e in train.energies],
+        "betas": [(-e).round(4).tolist() for e in train.energies],
+        "consensus": [consensus(e) for e in train.energies],
+        "noise_ceiling": {"train": round(train.noise_ceiling, 4), "predict": round(predict.noise_ceiling, 4)},
+        "predict_sites": {f"seq{n_train + i:05d}": [list(map(int, s)) for s in sites] for i, sites in enumerate(predict.sites)},
+        "params": {"train": train.params, "predict": predict.params},
+    }
+    paths["truth"] = write_json(outdir / "dna_binding_truth.json", truth)
+    return paths
