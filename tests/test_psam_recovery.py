@@ -125,9 +125,10 @@ def test_one_motif_found_from_scratch_200nt(tmp_path, seed):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("length", [100, 200])
 @pytest.mark.parametrize("seed", range(2))
-def test_two_motifs_two_modes(tmp_path, seed):
-    res = recover(tmp_path, seed, 100, 2000, n_motifs=2, probe=False)
+def test_two_motifs_two_modes(tmp_path, seed, length):
+    res = recover(tmp_path, seed, length, 2000, n_motifs=2, probe=False)
     assert min(res["similarity"]) >= 0.85
     assert res["r"] >= 0.9 * res["ceiling"]
 

@@ -207,8 +207,9 @@ class PSAMConv1d(nn.Module):
         return self.log_posbias.requires_grad or bool(torch.any(self.log_posbias != 0))
 
     # ---------------------------------------------------------------- input normalisation
-    def _prepare(self, x: Tensor, lengths: Tensor | None) -> tuple[str, Tensor, Tensor]:
-        """Return ("codes", codes, lengths) or ("onehot", x (B, L, A) with pads as -inf, lengths)."""
+    def _prepare(self, x: Tensor, lengths: Tensor | None) -> tuple[str, Tensor, Tensor, Tensor | None]:
+        """Return ("codes", codes, lengths, None) or ("onehot", x (B, L, A) with padding rows 0,
+        lengths, padding (B, L) bool)."""
         alphabet = self.layer_spec.alphabet
         n = len(alphabet)
         if x.dim() == 2:
@@ -224,8 +225,9 @@ class PSAMConv1d(nn.Module):
             if self.one_hot or bool((codes > alphabet.zero_code).any()) or bool((codes < 0).any()):
                 if bool((codes < 0).any()) or bool((codes >= len(alphabet.embedding_table)).any()):
                     raise ValueError("integer codes out of range for the alphabet")
-                return "onehot", alphabet.embed(codes, self.layer_spec.monomer.dtype), lengths
-            return "codes", codes, lengths
+                pad = codes == alphabet.pad_code
+                return "onehot", alphabet.embed(codes, self.layer_spec.monomer.dtype).masked_fill(pad[..., None], 0.0), lengths, pad
+            return "codes", codes, lengths, None
         if x.dim() != 3 or x.shape[-1] != n:
             raise ValueError(f"expected one-hot input (B, L, {n}) or codes (B, L), got {tuple(x.shape)}")
         x = x.to(self.layer_spec.monomer.dtype)
@@ -248,11 +250,11 @@ class PSAMConv1d(nn.Module):
                 codes = codes.masked_fill(
                     empty, alphabet.any_code if self.unknown == "mean" else alphabet.zero_code
                 )
-                return "codes", codes.masked_fill(pad, alphabet.pad_code), lengths
-        x = x.masked_fill(pad[..., None], float("-inf"))
-        if self.unknown == "mean":
+                return "codes", codes.masked_fill(pad, alphabet.pad_code), lengths, None
+        x = x.masked_fill(pad[..., None], 0.0)
+        if self.unknown == "mean" and bool(empty.any()):
             x = torch.where(empty[..., None], torch.full_like(x, 1.0 / n), x)
-        return "onehot", x, lengths
+        return "onehot", x, lengths, pad
 
     # ---------------------------------------------------------------- scoring
     def _windows(self, seq: Tensor) -> Tensor:
@@ -302,13 +304,15 @@ class PSAMConv1d(nn.Module):
             out = out + flat[torch.arange(k - dist, device=codes.device), idx].sum(2)
         return out.transpose(1, 2)
 
-    def score_onehot(self, x: Tensor) -> Tensor:
+    def score_onehot(self, x: Tensor, pad: Tensor | None = None) -> Tensor:
         """Window scores by convolving a one-hot input (no bias terms).
 
         Parameters
         ----------
         x : Tensor
             (B, L, A) float; non-finite rows are padding.
+        pad : Tensor, optional
+            (B, L) bool padding rows, when known (their rows of ``x`` must then be 0).
 
         Returns
         -------
@@ -316,8 +320,11 @@ class PSAMConv1d(nn.Module):
             (B, out_channels, L - span + 1); ``-inf`` for windows touching padding.
         """
         psam = self.layer_spec
-        pad = ~torch.isfinite(x).all(-1)  # (B, L)
-        x0 = x.masked_fill(pad[..., None], 0.0)
+        if pad is None:
+            pad = ~torch.isfinite(x).all(-1)  # (B, L)
+            x0 = x.masked_fill(pad[..., None], 0.0)
+        else:
+            x0 = x
         out = F.conv1d(x0.transpose(1, 2), psam.get_filter(0), dilation=psam.dilation)
         for dist in range(1, psam.pairwise_distance + 1):
             pair = psam.get_filter(dist)
@@ -343,12 +350,12 @@ class PSAMConv1d(nn.Module):
         Tensor
             (B, out_channels, L - span + 1).
         """
-        kind, data, lengths = self._prepare(x, lengths)
+        kind, data, lengths, pad = self._prepare(x, lengths)
         if data.shape[1] < self.layer_spec.span:
             raise ValueError(
                 f"input length {data.shape[1]} is shorter than the kernel span {self.layer_spec.span}"
             )
-        out = self.score_dense(data) if kind == "codes" else self.score_onehot(data)
+        out = self.score_dense(data) if kind == "codes" else self.score_onehot(data, pad)
         if self._posbias_in_use():
             n_windows = out.shape[-1]
             if data.shape[1] > self.input_shape:

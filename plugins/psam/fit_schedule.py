@@ -18,6 +18,9 @@ stage with full-batch L-BFGS to convergence (the engine's :class:`~biolm.core.ho
 ``pairwise-i``, ``extra-i``
     only when the model has them: pairwise betas, then position bias, Hill coefficient, trained
     PSAM bias.
+``psam-i-again``, ``recenter-i-again``, ``shift-i-again``
+    with several modes, once all are in: each mode refitted and moved again against the others
+    (a mode fitted early may have taken in parts of a motif that a later mode explains).
 ``all``
     every fitted parameter of every mode and the head together (head free); gauge fixed.
 
@@ -88,15 +91,19 @@ def schedule(model: PSAMInput, model_cfg: Any, info: Any) -> list | None:
         psam, conv = mode.psam, mode.layers[0]
         own = [_param("monomer", i)] + ([_param("bias", i)] if affinity and i > 0 else [])
         stages.append(Stage(f"seed-{i}", before=_Seed(i, seeds[i] is not None)))
-        stages.append(Stage(f"psam-{i}", trainable=tuple(own), after=_gauge, **kw))
-        stages.append(Stage(f"recenter-{i}", trainable=tuple(own), before=_Recenter(i), after=_gauge, greedy=True, **kw))
-        stages.append(Stage(f"shift-{i}", trainable=tuple(own), before=_ShiftEdge(i), after=_gauge, greedy=True, **kw))
+        stages += _fit_mode(Stage, i, own, kw)
         if psam.pairwise_distance > 0:
             own.append(_param("pairwise", i))
             stages.append(Stage(f"pairwise-{i}", trainable=tuple(own), after=_gauge, **kw))
         extra = [_param(kind, i) for kind, on in (("posbias", conv.train_posbias), ("hill", mode.train_hill), ("bias", psam.train_bias and not affinity)) if on]
         if extra:
             stages.append(Stage(f"extra-{i}", trainable=tuple(own + extra), after=_gauge, **kw))
+    if net.n_modes > 1:
+        # a mode fitted early may have absorbed parts of motifs that later modes explain: once
+        # all are in, each is refitted (and moved) alone against the others
+        for i in range(net.n_modes):
+            own = [_param("monomer", i)] + ([_param("bias", i)] if affinity and i > 0 else [])
+            stages += _fit_mode(Stage, i, own, kw, again=True)
     everything = [HEAD]
     for i, mode in enumerate(net.modes):
         psam, conv = mode.psam, mode.layers[0]
@@ -105,6 +112,17 @@ def schedule(model: PSAMInput, model_cfg: Any, info: Any) -> list | None:
             ("bias", (affinity and i > 0) or (psam.train_bias and not affinity))) if on]
     stages.append(Stage("all", trainable=tuple(everything), after=_gauge, batchsize=FULL_BATCH))
     return stages
+
+
+def _fit_mode(Stage: Any, i: int, own: list[str], kw: dict, again: bool = False) -> list:
+    """Train mode ``i``'s PSAM, then the greedy moves of its footprint (``again``: the refit after
+    all modes are in, with its own record of the moves tried)."""
+    tag = f"{i}-again" if again else f"{i}"
+    return [
+        Stage(f"psam-{tag}", trainable=tuple(own), after=_gauge, **kw),
+        Stage(f"recenter-{tag}", trainable=tuple(own), before=_Recenter(i, tag), after=_gauge, greedy=True, **kw),
+        Stage(f"shift-{tag}", trainable=tuple(own), before=_ShiftEdge(i, tag), after=_gauge, greedy=True, **kw),
+    ]
 
 
 def _gauge(ctx: Any) -> None:
@@ -220,11 +238,11 @@ class _Seed:
 class _Recenter:
     """``before`` of ``recenter-i`` (greedy): centre mode ``i``'s information in the kernel."""
 
-    def __init__(self, i: int):
-        self.i = i
+    def __init__(self, i: int, tag: str):
+        self.i, self.tag = i, tag
 
     def __call__(self, ctx: Any) -> bool:
-        tried = ctx.memory.setdefault(f"recentred-{self.i}", [])
+        tried = ctx.memory.setdefault(f"recentred-{self.tag}", [])
         moved = recenter(ctx.model.net.modes[self.i].psam, tried)
         if moved:
             ctx.log.info("psam: mode %d moved %+d positions to centre its information", self.i, moved)
@@ -234,14 +252,14 @@ class _Recenter:
 class _ShiftEdge:
     """``before`` of ``shift-i`` (greedy): move mode ``i`` towards an uninformative edge."""
 
-    def __init__(self, i: int):
-        self.i = i
+    def __init__(self, i: int, tag: str):
+        self.i, self.tag = i, tag
 
     def __call__(self, ctx: Any) -> bool:
-        offset = ctx.memory.get(f"offset-{self.i}", 0)
-        tried = ctx.memory.setdefault(f"offsets-{self.i}", [0])
+        offset = ctx.memory.get(f"offset-{self.tag}", 0)
+        tried = ctx.memory.setdefault(f"offsets-{self.tag}", [0])
         step = shift_edge(ctx.model.net.modes[self.i].psam, offset, tried)
         if step:
-            ctx.memory[f"offset-{self.i}"] = offset + step
+            ctx.memory[f"offset-{self.tag}"] = offset + step
             ctx.log.info("psam: mode %d moved %+d position towards an uninformative edge", self.i, step)
         return step != 0
