@@ -92,7 +92,7 @@ def register_config(register):
             name="psam",
             description="PyProBound PSAM binding model: log-affinities of binding modes -> regression/classification.",
             model_schema=PSAMSchema,
-            training_defaults=dict(lr=1e-2, weightdecay=0.0, batchsize=64, blocksize=256, optimizer="adam", clipnorm=None, nepochs=60, patience=5),
+            training_defaults=dict(lr=1e-2, weightdecay=0.0, batchsize=64, blocksize=256, optimizer="adam", clipnorm=None, nepochs=60),
             modes=("tokenize", "fine-tune", "predict", "interpret"),
             fixed_length=True,
             max_blocksize=1 << 20,
