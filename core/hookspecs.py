@@ -288,6 +288,9 @@ class Stage:
         proposal is tried again; otherwise the weights before the proposal are restored and
         the stage ends.
     greedy_threshold : see ``greedy``.
+    undo_if_worse : a validation guard: when the stage's best validation loss is worse than the
+        validation loss before it, the stage is undone (its starting weights restored), e.g. for
+        optional extra terms that may only fit noise.
     """
 
     name: str
@@ -305,6 +308,7 @@ class Stage:
     before_objective: Callable[..., Any] | None = None
     greedy: bool = False
     greedy_threshold: float = 1e-3
+    undo_if_worse: bool = False
 
 
 class StageContext(Protocol):

@@ -16,6 +16,7 @@ Progress lives in ``TrainState.schedule`` (JSON, in every checkpoint's ``state.j
     stage_epoch  epochs run in the stage;  objective  the objective after the last of them
     slow         epochs in a row whose relative improvement was below the stage's tol
     greedy       the objective and kept epoch before the running greedy proposal
+    before       (``undo_if_worse``) the validation loss and kept epoch before the stage
     memory       the actions' StageContext.memory
     summary      what each finished stage did (trainer_state.json's ``stages``)
 
@@ -234,11 +235,13 @@ class StagedFit:
     def start_training(self, stage: Stage) -> None:
         st, sched = self.state, self.state.schedule
         sched.update(phase="train", stage_epoch=0, slow=0)
+        before = {"best_epoch": st.best_epoch, "val_loss": self.validation_loss()} if stage.undo_if_worse else None
         st.best_val_loss, st.best_epoch, st.bad_epochs, st.best_state, st.stop_training = math.inf, -1, 0, None, False
         st.optimizer = self.optimizer_for(sched)
         if st.optimizer is None:
             sched.update(phase="done", objective=None)
             return
+        sched["before"] = before
         st.schedule_tensors["start"] = self.weights()
         # a minibatch stage compares the objective of its epochs only; a full-batch one also the start
         sched["objective"] = self.objective(stage)[0] if stage.optimizer == "lbfgs" else None
@@ -278,10 +281,27 @@ class StagedFit:
         else:
             self.net.load_state_dict(st.schedule_tensors["start"])
         if sched["phase"] == "diverged":
-            return "diverged"
-        if st.stop_training:
-            return "early stop"
-        return "converged" if sched["slow"] >= stage.converge_epochs else "epoch limit"
+            outcome = "diverged"
+        elif st.stop_training:
+            outcome = "early stop"
+        else:
+            outcome = "converged" if sched["slow"] >= stage.converge_epochs else "epoch limit"
+        before = sched.get("before")
+        if before and not st.best_val_loss <= before["val_loss"]:
+            self.net.load_state_dict(st.schedule_tensors["start"])
+            worse = st.best_val_loss
+            st.best_val_loss, st.best_epoch = before["val_loss"], before["best_epoch"]
+            return f"undone ({outcome}, but validation loss {before['val_loss']:.6g} -> {worse:.6g})"
+        return outcome
+
+    def validation_loss(self) -> float:
+        """The validation loss at the current weights (as an epoch reports it)."""
+        from .engine import evaluate, evaluate_loss
+
+        loop = self.loop
+        if loop.loss_fn is not None:
+            return evaluate_loss(self.state.model, loop.batches, loop.val_idx, loop.loss_fn, loop.device, loop.precision)
+        return evaluate(self.state.model, loop.batches, loop.val_idx, loop.task, loop.device, loop.precision)[1]
 
     def lbfgs_epoch(self, stage: Stage) -> tuple[float, float]:
         """One full-batch L-BFGS step; returns the (objective, mean loss) after it."""
@@ -316,7 +336,7 @@ class StagedFit:
         of its last epoch, others are evaluated on the whole split."""
         st, sched = self.state, self.state.schedule
         epochs = sum(1 for h in st.history if h.get("stage") == stage.name)
-        trained_by_minibatch = stage.optimizer != "lbfgs" and not stage.greedy and st.optimizer is not None and sched.get("objective") is not None
+        trained_by_minibatch = stage.optimizer != "lbfgs" and not stage.greedy and not outcome.startswith("undone") and st.optimizer is not None and sched.get("objective") is not None
         objective = sched["objective"] if trained_by_minibatch else self.objective(stage)[0]
         sched["summary"].append({"stage": stage.name, "epochs": epochs, "objective": objective, "outcome": outcome})
         self.loop.log.info("fold %s: stage %s: %s after %d epoch(s) (objective %.6g)", st.fold, stage.name, outcome, epochs, objective)

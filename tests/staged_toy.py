@@ -8,7 +8,9 @@ Model: per-channel composition of the one-hot input (B, C) -> ``feature = compos
    predictions do not change);
 2. ``flip`` (greedy, L-BFGS): proposes ``w -> -w`` twice (memory counts the proposals), then
    has nothing to propose;
-3. ``all`` (the run's optimizer, minibatches): ``w`` and the head together.
+3. ``wild`` (the run's optimizer at a learning rate far too high, one epoch, ``undo_if_worse``):
+   makes the validation loss worse and is undone;
+4. ``all`` (the run's optimizer, minibatches): ``w`` and the head together.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def _schedule(model, model_cfg, info):
     return [
         Stage("features", trainable=("^w$",), before_objective=_profile_head, after=_unit_norm, max_epochs=8, batchsize=1000),
         Stage("flip", trainable=("^w$",), before=_flip, before_objective=_profile_head, greedy=True, max_epochs=3),
+        Stage("wild", trainable=("^w$", r"^head\."), optimizer="settings", lr=100.0, max_epochs=1, undo_if_worse=True),
         Stage("all", trainable=("^w$", r"^head\."), optimizer="settings", lr=0.01, max_epochs=3),
     ]
 

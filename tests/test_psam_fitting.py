@@ -165,3 +165,16 @@ def test_penalty_covers_trained_psam_parameters_only():
     assert float(penalty(model)) == pytest.approx(expected, rel=1e-5)
     net.modes[0].psam.monomer.requires_grad_(False)
     assert float(penalty(model)) == 0.0
+
+
+def test_export_plots_a_trained_position_bias(tmp_path):
+    from biolm.plugins.psam.export import export_psams
+
+    net = PSAMPredictor(30, n_modes=2, kernel_size=5, train_posbias=True)
+    with torch.no_grad():
+        net.modes[0].layers[0].log_posbias.normal_()
+    written = sorted(p.split("/")[-1] for p in export_psams(net, tmp_path))
+    # mode 1's bias is trainable but still all zero: it is plotted too (it is in use)
+    assert written == ["psam.meme", "psam_0.json", "psam_0_logo.png", "psam_0_position_bias.png", "psam_1.json", "psam_1_logo.png", "psam_1_position_bias.png"]
+    assert (tmp_path / "psam_0_position_bias.png").stat().st_size > 5000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left

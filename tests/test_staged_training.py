@@ -1,6 +1,7 @@
 """Staged training (``ModelSpec.fit_schedule``) through the engine, with a toy plugin that uses
 only the plugin API (``tests/staged_toy.py``): frozen parameters per stage, actions and greedy
-proposals, the stage summary, event hooks, resume mid-schedule, cross-validation, DDP refused."""
+proposals, a stage undone by its validation guard, the stage summary, event hooks, resume
+mid-schedule, cross-validation, DDP refused."""
 
 from __future__ import annotations
 
@@ -73,9 +74,11 @@ def test_stages_train_their_parameters_and_are_recorded(tmp_path, rna_file, regi
     finally:
         registry.pm.unregister(recorder)
     state = json.loads((r.modedir / "0/trainer_state.json").read_text())
-    assert [s["stage"] for s in state["stages"]] == ["features", "flip", "all"]
+    assert [s["stage"] for s in state["stages"]] == ["features", "flip", "wild", "all"]
     assert state["stages"][1]["outcome"].endswith("nothing more to propose") or "rejected" in state["stages"][1]["outcome"]
-    assert state["stages"][2]["epochs"] == 3 and state["stages"][2]["outcome"] == "epoch limit"
+    assert state["stages"][2]["epochs"] == 1 and state["stages"][2]["outcome"].startswith("undone (epoch limit, but validation loss")
+    assert state["stages"][2]["objective"] == pytest.approx(state["stages"][1]["objective"])  # the weights before it
+    assert state["stages"][3]["epochs"] == 3 and state["stages"][3]["outcome"] == "epoch limit"
     stages = [h["stage"] for h in state["history"]]
     assert stages[0] == "features" and stages[-1] == "all" and len(stages) == len(recorder.epochs)
     flags = {stage: f for stage, f, _ in recorder.epochs}
@@ -102,7 +105,7 @@ class Killer:
                 raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("stage, nth", [("flip", 1), ("flip", 3), ("all", 2)], ids=["stage-boundary", "greedy-refit", "minibatch"])
+@pytest.mark.parametrize("stage, nth", [("flip", 1), ("flip", 3), ("all", 1), ("all", 2)], ids=["stage-boundary", "greedy-refit", "after-undone-stage", "minibatch"])
 def test_resume_mid_schedule_matches_uninterrupted(tmp_path, rna_file, registry, stage, nth):
     _fine_tune(_config(tmp_path, rna_file, "a"))
     cfg = _config(tmp_path, rna_file, "b")
@@ -126,7 +129,7 @@ def test_cross_validation_and_the_single_loop(tmp_path, rna_file, registry):
     cfg = _config(tmp_path, rna_file, "cv", fine_tuning_data_source={"labelpos": 3, "crossvalidation": 2, "splitratio": "70,15,15"})
     r = _fine_tune(cfg)
     for fold in ("0", "1"):
-        assert [s["stage"] for s in json.loads((r.modedir / fold / "trainer_state.json").read_text())["stages"]] == ["features", "flip", "all"]
+        assert [s["stage"] for s in json.loads((r.modedir / fold / "trainer_state.json").read_text())["stages"]] == ["features", "flip", "wild", "all"]
     single = _fine_tune(_config(tmp_path, rna_file, "single"), **{"model.staged": False})
     state = json.loads((single.modedir / "0/trainer_state.json").read_text())
     assert "stages" not in state and len(state["history"]) == 2 and "stage" not in state["history"][0]

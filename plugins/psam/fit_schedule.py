@@ -17,12 +17,14 @@ stage with full-batch L-BFGS to convergence (the engine's :class:`~biolm.core.ho
     uninformative edge, refitted, and kept only if the objective improves by 0.1%.
 ``pairwise-i``, ``extra-i``
     only when the model has them: pairwise betas, then position bias, Hill coefficient, trained
-    PSAM bias.
+    PSAM bias; undone when they make the validation loss worse (more parameters than the data
+    support).
 ``psam-i-again``, ``recenter-i-again``, ``shift-i-again``
     with several modes, once all are in: each mode refitted and moved again against the others
     (a mode fitted early may have taken in parts of a motif that a later mode explains).
 ``all``
-    every fitted parameter of every mode and the head together (head free); gauge fixed.
+    every fitted parameter of every mode and the head together (head free); gauge fixed; undone
+    when it makes the validation loss worse.
 
 The objective is the engine's training loss over the whole training split (MSE on the scaled
 labels, or the class-weighted cross-entropy) plus :func:`penalty` (PyProBound's defaults: an L2
@@ -94,10 +96,10 @@ def schedule(model: PSAMInput, model_cfg: Any, info: Any) -> list | None:
         stages += _fit_mode(Stage, i, own, kw)
         if psam.pairwise_distance > 0:
             own.append(_param("pairwise", i))
-            stages.append(Stage(f"pairwise-{i}", trainable=tuple(own), after=_gauge, **kw))
+            stages.append(Stage(f"pairwise-{i}", trainable=tuple(own), after=_gauge, undo_if_worse=True, **kw))
         extra = [_param(kind, i) for kind, on in (("posbias", conv.train_posbias), ("hill", mode.train_hill), ("bias", psam.train_bias and not affinity)) if on]
         if extra:
-            stages.append(Stage(f"extra-{i}", trainable=tuple(own + extra), after=_gauge, **kw))
+            stages.append(Stage(f"extra-{i}", trainable=tuple(own + extra), after=_gauge, undo_if_worse=True, **kw))
     if net.n_modes > 1:
         # a mode fitted early may have absorbed parts of motifs that later modes explain: once
         # all are in, each is refitted (and moved) alone against the others
@@ -110,7 +112,7 @@ def schedule(model: PSAMInput, model_cfg: Any, info: Any) -> list | None:
         everything += [_param("monomer", i)] + [_param(kind, i) for kind, on in (
             ("pairwise", psam.pairwise_distance > 0), ("posbias", conv.train_posbias), ("hill", mode.train_hill),
             ("bias", (affinity and i > 0) or (psam.train_bias and not affinity))) if on]
-    stages.append(Stage("all", trainable=tuple(everything), after=_gauge, batchsize=FULL_BATCH))
+    stages.append(Stage("all", trainable=tuple(everything), after=_gauge, batchsize=FULL_BATCH, undo_if_worse=True))
     return stages
 
 
