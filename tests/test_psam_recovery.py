@@ -163,3 +163,38 @@ def test_the_example_end_to_end_through_the_cli(tmp_path):
     probes = strong_sites(example)
     hits, total = loo_peaks_in_sites(_rows(out / "interpret/loo_scores_mask.csv"), example, probes, 0, ids=[rows[i][0] for i in probes])
     assert total >= 30 and hits >= 0.9 * total
+
+
+def test_a_killed_fit_resumes_to_the_same_model(tmp_path):
+    """Killed in the middle of its PSAM stage, the staged fit resumes where it stopped and ends
+    with the same weights as an uninterrupted one."""
+    from biolm.core.hookspecs import hookimpl
+    from biolm.core.plugins import get_registry
+
+    def fit(folder: Path, **cli):
+        data = make_binding_data(n=600, length=100, seed=5)
+        data.write(folder / "train.txt")
+        src = {"filepath": str(folder / "train.txt"), "columnsep": "\t", "tokensep": False, "idpos": 1, "seqpos": 3}
+        cfg = {"outputpath": str(folder / "out"), "seed": 5, "tokenizing and pre-training data source": src, "fine-tuning data source": dict(src, labelpos=2), "settings": {"training": {"blocksize": 100}}, "model": {"kernel_size": 10}}
+        (folder / "c.yaml").write_text(yaml.safe_dump(cfg))
+        run("psam", "fine-tune", task="regression", configfile=folder / "c.yaml", quiet=True, cli_values=cli)
+        return torch.load(folder / "out/fine-tune/0/pytorch_model.bin", weights_only=True)
+
+    class Killer:
+        @hookimpl
+        def on_epoch_begin(self, state):
+            if state.plugin == "psam" and state.stage == "psam-0" and state.epoch == 1:
+                raise KeyboardInterrupt
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = fit(tmp_path / "a")
+    pm, killer = get_registry().pm, Killer()
+    pm.register(killer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(tmp_path / "b")
+    finally:
+        pm.unregister(killer)
+    resumed = fit(tmp_path / "b", **{"settings.training.resume": True})
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
