@@ -291,7 +291,7 @@ class StagedFit:
             self.net.load_state_dict(st.schedule_tensors["start"])
             worse = st.best_val_loss
             st.best_val_loss, st.best_epoch = before["val_loss"], before["best_epoch"]
-            return f"undone ({outcome}, but validation loss {before['val_loss']:.6g} -> {worse:.6g})"
+            return f"undone ({outcome}, but validation loss {before['val_loss']:.8g} -> {worse:.8g})"
         return outcome
 
     def validation_loss(self) -> float:
