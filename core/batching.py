@@ -117,10 +117,11 @@ def make_loader(
 
 
 def loader_factory(store: Store, batch_size: int, pad_to: int | None, num_workers: int = 0) -> Callable[..., Any]:
-    """``loader(indices, shuffle, seed)`` over ``store`` with fixed batch settings (for :class:`Batches`)."""
+    """``loader(indices, shuffle, seed, size)`` over ``store`` with fixed batch settings (for
+    :class:`Batches`); ``size`` overrides the batch size."""
 
-    def loader(indices: np.ndarray, shuffle: bool, seed: int = 0):
-        return make_loader(store, indices, batch_size=batch_size, shuffle=shuffle, seed=seed, pad_to=pad_to, drop_last=False, num_workers=num_workers)
+    def loader(indices: np.ndarray, shuffle: bool, seed: int = 0, size: int | None = None):
+        return make_loader(store, indices, batch_size=size or batch_size, shuffle=shuffle, seed=seed, pad_to=pad_to, drop_last=False, num_workers=num_workers)
 
     return loader
 
@@ -135,14 +136,15 @@ class Batches:
         self.y = None if y is None else torch.as_tensor(y)
         self.w = None if w is None else torch.as_tensor(w, dtype=torch.float32)
 
-    def __call__(self, indices: np.ndarray, shuffle: bool, seed: int = 0, shard: bool = False):
-        """Batches of ``indices``; ``shard``: only this process's share (distributed training)."""
+    def __call__(self, indices: np.ndarray, shuffle: bool, seed: int = 0, shard: bool = False, size: int | None = None):
+        """Batches of ``indices``; ``shard``: only this process's share (distributed training);
+        ``size``: samples per batch instead of the configured batch size."""
         from .distributed import is_distributed
         from .distributed import shard as shard_of
 
         if shard and is_distributed():
             indices, shuffle = shard_of(indices, shuffle, seed), False
-        for batch in self.make_loader(indices, shuffle, seed):
+        for batch in self.make_loader(indices, shuffle, seed, size):
             idx = batch["index"]
             dev = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             inp = self.make_input(dev)

@@ -51,7 +51,12 @@ def autocast(device: torch.device, precision: str):
 
 @dataclass
 class TrainState:
-    """What training-event hooks see. Set ``stop_training = True`` to stop after this epoch."""
+    """What training-event hooks see. Set ``stop_training = True`` to stop after this epoch.
+
+    A staged fit (:mod:`biolm.core.staged_training`) also keeps here the running ``stage``'s
+    name, its progress ``schedule`` (JSON values) and ``schedule_tensors`` (e.g. the weights
+    before a greedy proposal), both saved in checkpoints, and ``optimizer_factory``, which
+    rebuilds the stage's optimizer from a checkpoint's ``schedule`` before its state is loaded."""
 
     plugin: str
     fold: str
@@ -72,6 +77,10 @@ class TrainState:
     best_state: dict | None = None
     log: Any = None
     resumed_after: int = 0  # epochs done by earlier runs when this one resumed (0 = fresh)
+    stage: str | None = None
+    schedule: dict = field(default_factory=dict)
+    schedule_tensors: dict = field(default_factory=dict)
+    optimizer_factory: Callable[[dict], torch.optim.Optimizer] | None = None
 
 
 class EarlyStopping:
@@ -137,6 +146,8 @@ class Checkpointer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         save_torch(d / "rng.pt", rng)
+        if state.schedule:
+            save_torch(d / "schedule.pt", state.schedule_tensors)
         write_json(
             d / "state.json",
             {
@@ -149,6 +160,7 @@ class Checkpointer:
                 "history": state.history,
                 "scheduler": None,
                 "fingerprint": self.fingerprint,
+                "schedule": state.schedule or None,
             },
         )
 
@@ -163,9 +175,10 @@ class EpochLog:
             return
         m = state.metrics
         extra = "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in ("train_loss", "val_loss") and isinstance(v, float))
-        state.log.info("%s epoch %d/%d: train loss %.5g  val loss %.5g  %s", _what(state.fold), state.epoch + 1, state.nepochs, m.get("train_loss", float("nan")), m.get("val_loss", float("nan")), extra)
+        where = f"epoch {state.epoch + 1}/{state.nepochs}" if state.stage is None else f"epoch {state.epoch + 1} ({state.stage})"
+        state.log.info("%s %s: train loss %.5g  val loss %.5g  %s", _what(state.fold), where, m.get("train_loss", float("nan")), m.get("val_loss", float("nan")), extra)
         if state.stop_training:
-            state.log.info("%s: early stop after epoch %d (no better validation loss for %d epochs)", _what(state.fold), state.epoch + 1, state.bad_epochs)
+            state.log.info("%s: early stop%s after epoch %d (no better validation loss for %d epochs)", _what(state.fold), "" if state.stage is None else f" of {state.stage}", state.epoch + 1, state.bad_epochs)
 
     @hookimpl
     def on_train_end(self, state: TrainState) -> None:
@@ -273,7 +286,8 @@ def _snapshot(state: TrainState) -> dict:
 
     return {
         "model": copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(state.model).state_dict().items()}),
-        "optimizer": copy.deepcopy(state.optimizer.state_dict()),
+        "optimizer": state.optimizer,
+        "optimizer_state": copy.deepcopy(state.optimizer.state_dict()) if state.optimizer is not None else None,
         "rng": torch.get_rng_state(),
     }
 
@@ -282,28 +296,40 @@ def _restore_snapshot(state: TrainState, snap: dict) -> None:
     from .distributed import unwrap
 
     unwrap(state.model).load_state_dict(snap["model"])
-    state.optimizer.load_state_dict(snap["optimizer"])
+    state.optimizer = snap["optimizer"]
+    if state.optimizer is not None:
+        state.optimizer.load_state_dict(snap["optimizer_state"])
     torch.set_rng_state(snap["rng"])
     state.epoch, state.step, state.history, state.best_state = 0, 0, [], None
     state.best_val_loss, state.best_epoch, state.bad_epochs, state.stop_training = math.inf, -1, 0, False
+    state.schedule, state.schedule_tensors = {}, {}
 
 
 def restore_checkpoint(state: TrainState, path: Path, fingerprint: dict | None = None) -> None:
-    """Load a checkpoint into ``state``; every file is read before anything is changed."""
+    """Load a checkpoint into ``state``; every file is read before anything is changed. A staged
+    fit's checkpoint also restores its progress, and its stage's optimizer is rebuilt
+    (``state.optimizer_factory``) before that optimizer's state is loaded."""
     from .distributed import unwrap
 
     s = read_json(path / "state.json")
     if fingerprint_changes(s.get("fingerprint"), fingerprint):
         raise ValueError(f"made with other {fingerprint_changes(s.get('fingerprint'), fingerprint)}")
+    if bool(s.get("schedule")) != (state.optimizer_factory is not None):
+        raise ValueError("made by a staged fit" if s.get("schedule") else "not made by a staged fit")
     model = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    schedule_tensors = torch.load(path / "schedule.pt", map_location="cpu", weights_only=True) if s.get("schedule") else {}
     best = torch.load(path / "best.pt", map_location="cpu", weights_only=True)
     rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     own = unwrap(state.model).state_dict()
     if best and (set(best) != set(own) or any(tuple(best[k].shape) != tuple(v.shape) for k, v in own.items())):
         raise ValueError("its best weights do not fit the model")
+    optimizer = state.optimizer_factory(s["schedule"]) if s.get("schedule") else state.optimizer
     unwrap(state.model).load_state_dict(model)
-    state.optimizer.load_state_dict(optim)
+    if optimizer is not None:
+        optimizer.load_state_dict(optim)
+    state.optimizer = optimizer
+    state.schedule, state.schedule_tensors = s.get("schedule") or {}, schedule_tensors
     state.best_state = best or None
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
@@ -326,14 +352,27 @@ class Task:
     class_weights: torch.Tensor | None = None
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Weighted mean loss of a batch: ``out`` (B, n_outputs), ``y`` (B,), ``w`` (B,)."""
+        total, weight = self.loss_terms(out, y, w)
+        return total / weight.clamp_min(1e-12)
+
+    def loss_terms(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted sum of the per-sample losses, sum of the weights): summed over batches,
+        their ratio is the mean over a whole split."""
         out = out.float()
         if self.kind == "regression":
             per = ((out.view(len(y), -1) - y.view(-1, 1)) ** 2).mean(1)
-            return (per * w).sum() / w.sum().clamp_min(1e-12)
+            return (per * w).sum(), w.sum()
         cw = self.class_weights.to(out.device) if self.class_weights is not None else None
         per = torch.nn.functional.cross_entropy(out, y.long(), weight=cw, reduction="none")
-        denom = (cw[y.long()] * w).sum() if cw is not None else w.sum()
-        return (per * w).sum() / denom.clamp_min(1e-12)
+        return (per * w).sum(), self.weight(y, w)
+
+    def weight(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The loss weight of a batch (the second term of :meth:`loss_terms`): the sample
+        weights, times the class weights for classification."""
+        if self.kind == "classification" and self.class_weights is not None:
+            return (self.class_weights.to(w.device)[y.long()] * w).sum()
+        return w.sum()
 
 
 def evaluate(model: torch.nn.Module, batches: Batches, indices: np.ndarray, task: Task | None, device: torch.device, precision: str) -> tuple[np.ndarray, float]:
@@ -398,6 +437,29 @@ def _evaluate(model, batches, indices, task, device, precision):
     return out, total, weight
 
 
+@dataclass
+class Loop:
+    """What every epoch of one training run uses (the arguments of :func:`train`)."""
+
+    pm: Any
+    task: Task
+    batches: Batches
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    nepochs: int
+    patience: int
+    gradacc: int
+    clipnorm: float | None
+    seed: int
+    device: torch.device
+    precision: str
+    log: Any
+    val_metrics: Callable[[np.ndarray], dict] | None = None
+    progress: Any = None
+    loss_fn: Callable[..., torch.Tensor] | None = None
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None
+
+
 def train(
     *,
     pm: Any,
@@ -405,7 +467,7 @@ def train(
     fold: str,
     folddir: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     task: Task,
     batches: Batches,
     train_idx: np.ndarray,
@@ -424,6 +486,8 @@ def train(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None,
     fingerprint: dict | None = None,
+    schedule: list | None = None,
+    settings_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
 ) -> TrainState:
     """Train one fold; returns the state with the best weights restored into ``model``.
 
@@ -433,11 +497,20 @@ def train(
     ``ModelSpec.penalty``) is added to every training batch's loss. ``fingerprint`` identifies
     what the run trains on and with (saved in every checkpoint; ``resume`` continues only a
     checkpoint with the same one, see :func:`resume_training`); a run that starts fresh first
-    removes the fold's earlier checkpoints.
+    removes the fold's earlier checkpoints. ``schedule`` (a list of
+    :class:`~biolm.core.hookspecs.Stage`) trains in stages (:mod:`biolm.core.staged_training`)
+    instead of ``nepochs`` epochs with ``optimizer``; ``settings_optimizer(params, lr)`` then
+    builds the run's own optimizer for the stages that use it.
     """
-    from .distributed import is_main
+    from .distributed import is_main, unwrap
 
+    loop = Loop(pm, task, batches, train_idx, val_idx, nepochs, patience, gradacc, clipnorm, seed, device, precision, log, val_metrics, progress, loss_fn, penalty)
     state = TrainState(plugin, fold, folddir, model, optimizer, nepochs, log=log)
+    staged = None
+    if schedule:
+        from .staged_training import StagedFit
+
+        staged = StagedFit(loop, state, schedule, settings_optimizer)
     resumed = resume and resume_training(state, fingerprint)
     if not resumed and is_main() and clear_checkpoints(folddir):
         log.info("%s: removed the checkpoints of an earlier run from %s", _what(fold), folddir)
@@ -452,59 +525,12 @@ def train(
     try:
         if state.epoch == 0 or not state.history:
             pm.hook.on_train_begin(state=state)
-        from .distributed import unwrap
-
-        while state.epoch < nepochs and not state.stop_training:
+        if staged is not None:
+            staged.run()
+        while staged is None and state.epoch < nepochs and not state.stop_training:
             t0 = time.perf_counter()
-            model.train()
-            pm.hook.on_epoch_begin(state=state)
-            total, n_seen = 0.0, 0
-            optimizer.zero_grad(set_to_none=True)
-            # the shuffle depends only on (seed, fold, epoch): a resumed run sees the same order
-            epoch_seed = int(np.random.SeedSequence([seed, int(fold) if fold.isdigit() else 0, state.epoch]).generate_state(1)[0])
-            n_batches = 0
-            label = f"fold {fold} epoch {state.epoch + 1}/{nepochs}" if fold != "pre-train" else f"pre-train epoch {state.epoch + 1}/{nepochs}"
-            if progress is not None:
-                progress.start(label, len(train_idx))
-            for k, (idx, inp, y, w) in enumerate(batches(train_idx, shuffle=True, seed=epoch_seed, shard=True)):
-                if len(idx) == 1 and k > 0:
-                    # BatchNorm cannot normalise a single sample in training mode; the next epoch's
-                    # shuffle puts another sample last, so every sample is still trained on
-                    continue
-                state.batch = inp
-                pm.hook.on_batch_begin(state=state)
-                with autocast(device, precision):
-                    loss = loss_fn(model, inp, y, w) if loss_fn is not None else task.loss(model(inp), y, w)
-                    if penalty is not None:
-                        loss = loss + penalty(unwrap(model))
-                (loss / gradacc).backward()
-                pm.hook.on_after_backward(state=state)
-                n_batches += 1
-                if n_batches % gradacc == 0:
-                    _step(model, optimizer, clipnorm)
-                    state.step += 1
-                state.loss = float(loss.detach())
-                total += state.loss * len(idx)
-                n_seen += len(idx)
-                pm.hook.on_batch_end(state=state)
-                if progress is not None:
-                    progress.advance(len(idx), f"{label} loss {state.loss:.4g}")
-            if n_batches % gradacc:
-                _step(model, optimizer, clipnorm)
-                state.step += 1
-            if progress is not None:
-                progress.finish()
-            if loss_fn is not None:
-                val_loss = evaluate_loss(model, batches, val_idx, loss_fn, device, precision)
-            else:
-                out, val_loss = evaluate(model, batches, val_idx, task, device, precision)
-            state.metrics = {"train_loss": total / max(n_seen, 1), "val_loss": val_loss}
-            if val_metrics is not None and loss_fn is None:
-                state.metrics.update({f"val_{k}": v for k, v in val_metrics(out).items() if isinstance(v, float)})
-            state.metrics["seconds"] = time.perf_counter() - t0
-            state.history.append({"epoch": state.epoch, **state.metrics})
-            pm.hook.on_epoch_end(state=state)
-            state.epoch += 1
+            train_loss = train_epoch(loop, state)
+            end_epoch(loop, state, train_loss, t0)
         if state.best_state is not None:
             unwrap(model).load_state_dict(state.best_state)
         pm.hook.on_train_end(state=state)
@@ -514,6 +540,76 @@ def train(
     return state
 
 
+def epoch_label(state: TrainState) -> str:
+    """How the progress display names the running epoch."""
+    what = "pre-train" if state.fold == "pre-train" else f"fold {state.fold}"
+    return f"{what} epoch {state.epoch + 1}" + (f"/{state.nepochs}" if state.stage is None else f" ({state.stage})")
+
+
+def train_epoch(loop: Loop, state: TrainState) -> float:
+    """One pass of shuffled minibatches with ``state.optimizer``; returns the mean training loss."""
+    from .distributed import unwrap
+
+    model, optimizer, gradacc = state.model, state.optimizer, loop.gradacc
+    model.train()
+    loop.pm.hook.on_epoch_begin(state=state)
+    total, n_seen = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    # the shuffle depends only on (seed, fold, epoch): a resumed run sees the same order
+    fold = state.fold
+    epoch_seed = int(np.random.SeedSequence([loop.seed, int(fold) if fold.isdigit() else 0, state.epoch]).generate_state(1)[0])
+    n_batches = 0
+    label = epoch_label(state)
+    if loop.progress is not None:
+        loop.progress.start(label, len(loop.train_idx))
+    for k, (idx, inp, y, w) in enumerate(loop.batches(loop.train_idx, shuffle=True, seed=epoch_seed, shard=True)):
+        if len(idx) == 1 and k > 0:
+            # BatchNorm cannot normalise a single sample in training mode; the next epoch's
+            # shuffle puts another sample last, so every sample is still trained on
+            continue
+        state.batch = inp
+        loop.pm.hook.on_batch_begin(state=state)
+        with autocast(loop.device, loop.precision):
+            loss = loop.loss_fn(model, inp, y, w) if loop.loss_fn is not None else loop.task.loss(model(inp), y, w)
+            if loop.penalty is not None:
+                loss = loss + loop.penalty(unwrap(model))
+        (loss / gradacc).backward()
+        loop.pm.hook.on_after_backward(state=state)
+        n_batches += 1
+        if n_batches % gradacc == 0:
+            _step(model, optimizer, loop.clipnorm)
+            state.step += 1
+        state.loss = float(loss.detach())
+        total += state.loss * len(idx)
+        n_seen += len(idx)
+        loop.pm.hook.on_batch_end(state=state)
+        if loop.progress is not None:
+            loop.progress.advance(len(idx), f"{label} loss {state.loss:.4g}")
+    if n_batches % gradacc:
+        _step(model, optimizer, loop.clipnorm)
+        state.step += 1
+    if loop.progress is not None:
+        loop.progress.finish()
+    return total / max(n_seen, 1)
+
+
+def end_epoch(loop: Loop, state: TrainState, train_loss: float, t0: float, **extra: float) -> None:
+    """Validate, record the epoch (``extra``: more training figures), fire ``on_epoch_end``
+    (early stopping, checkpoint, log) and count the epoch."""
+    model = state.model
+    if loop.loss_fn is not None:
+        val_loss = evaluate_loss(model, loop.batches, loop.val_idx, loop.loss_fn, loop.device, loop.precision)
+    else:
+        out, val_loss = evaluate(model, loop.batches, loop.val_idx, loop.task, loop.device, loop.precision)
+    state.metrics = {"train_loss": train_loss, "val_loss": val_loss, **extra}
+    if loop.val_metrics is not None and loop.loss_fn is None:
+        state.metrics.update({f"val_{k}": v for k, v in loop.val_metrics(out).items() if isinstance(v, float)})
+    state.metrics["seconds"] = time.perf_counter() - t0
+    state.history.append({"epoch": state.epoch, **({"stage": state.stage} if state.stage is not None else {}), **state.metrics})
+    loop.pm.hook.on_epoch_end(state=state)
+    state.epoch += 1
+
+
 def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clipnorm: float | None) -> None:
     if clipnorm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clipnorm)
@@ -521,9 +617,11 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clipnorm: fl
     optimizer.zero_grad(set_to_none=True)
 
 
-def make_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params: list, training: Any, lr: float | None = None) -> torch.optim.Optimizer:
+    """The run's optimizer (``settings: training: optimizer``) over ``params``; ``lr`` replaces
+    the configured learning rate."""
     betas = (training.beta1, training.beta2)
+    lr = training.lr if lr is None else lr
     if training.optimizer == "adam":
-        return torch.optim.Adam(params, lr=training.lr, betas=betas, weight_decay=training.weightdecay)
-    return torch.optim.AdamW(params, lr=training.lr, betas=betas, weight_decay=training.weightdecay)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=training.weightdecay)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=training.weightdecay)

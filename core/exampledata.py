@@ -14,6 +14,9 @@
 examples: one-hot genotypes with planted causal SNPs (:func:`write_genotype_example`) and
 two-channel signals (:func:`write_signal_example`).
 
+``python -m biolm.core.exampledata OUTDIR --binding`` writes the psam example instead: DNA with a
+planted binding site (:func:`biolm.core.synthetic_binding.write_example`).
+
 The planted signal: every AU-rich element ``attta`` in the 3' UTR lowers the half-life (copies
 in the 5' UTR or CDS are decoys without effect), a longer CDS raises it, and so does codon
 optimality — here the GC content of the third codon position, while the first two positions
@@ -356,12 +359,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-predict", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=None, help="default: 7 (sequences), 0 (--expression)")
+    ap.add_argument("--seed", type=int, default=None, help="default: 7 (sequences), 0 (--expression), 11 (--binding)")
     ap.add_argument("--min-len", type=int, default=200)
     ap.add_argument("--max-len", type=int, default=900)
     ap.add_argument("--expression", action="store_true", help="write the single-cell examples OUTDIR/cells.h5ad (geneformer) and OUTDIR/pbmc_like.h5ad (pca) instead")
     ap.add_argument("--arrays", action="store_true", help="write the array examples OUTDIR/genotypes.* (lcl) and OUTDIR/signals.* (pca) instead")
+    ap.add_argument("--binding", action="store_true", help="write the DNA binding example OUTDIR/dna_binding_*.txt instead (psam)")
     a = ap.parse_args(argv)
+    if a.binding:
+        from .synthetic_binding import write_example
+
+        for name, p in write_example(a.outdir, **({} if a.seed is None else {"seed": a.seed})).items():
+            print(f"{name}: {p}")
+        return
     if a.expression:
         # the bundled example: 400 cells, markers x3 with a programme strength that varies per
         # cell, so a held-out split is not trivially separable (a model has something to learn)

@@ -68,12 +68,15 @@ class Trained:
     """What training produced besides the weights (restored to the best epoch in the model).
 
     ``runtime``: seconds of this process; ``resumed_after``: epochs done by earlier runs when this
-    one resumed (0 = trained from the start here)."""
+    one resumed (0 = trained from the start here); ``kept_epoch``: the epoch whose weights are
+    kept, counted from 1; ``stages``: what each stage of a staged fit did."""
 
     history: list
     best_val_loss: float | None
     runtime: float
     resumed_after: int = 0
+    kept_epoch: int | None = None
+    stages: list | None = None
 
     @property
     def total_runtime(self) -> float:
@@ -82,15 +85,23 @@ class Trained:
         return sum(h.get("seconds", 0.0) for h in self.history) if self.history else self.runtime
 
 
-def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path, task: Any, train_idx: np.ndarray, val_idx: np.ndarray, device: Any, val_metrics: Callable | None = None, loss_fn: Callable | None = None, fingerprint: dict | None = None) -> Trained:
+def fit_schedule(run: Any, model: Any, info: ModelInfo) -> list | None:
+    """The plugin's fit schedule for this model and ``model:`` section (``ModelSpec.fit_schedule``),
+    or None for the engine's single loop."""
+    make = run.model_spec.fit_schedule
+    return make(model, run.cfg.model, info) if make is not None else None
+
+
+def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path, task: Any, train_idx: np.ndarray, val_idx: np.ndarray, device: Any, val_metrics: Callable | None = None, loss_fn: Callable | None = None, fingerprint: dict | None = None, schedule: list | None = None) -> Trained:
     """Gradient-descent training through the engine (early stopping, checkpoints, resume, DDP);
-    ``fingerprint`` (:func:`fingerprint`) ties the fold's checkpoints to what produced them."""
+    ``fingerprint`` (:func:`fingerprint`) ties the fold's checkpoints to what produced them; in
+    the stages of ``schedule`` when one is given (:mod:`biolm.core.staged_training`)."""
     from .engine import make_optimizer, train
     from .progress import Progress
 
     tr, env = run.cfg.settings.training, run.cfg.settings.environment
     wrapped = wrap_distributed(model, device)
-    optimizer = make_optimizer(wrapped, tr)
+    optimizer = None if schedule else make_optimizer([p for p in wrapped.parameters() if p.requires_grad], tr)
     t0 = time.perf_counter()
     with Progress(run.log, run.quiet) as progress:
         state = train(
@@ -98,9 +109,10 @@ def train_model(run: Any, model: Any, batches: Any, *, fold: str, folddir: Path,
             task=task, batches=batches, train_idx=train_idx, val_idx=val_idx, nepochs=tr.nepochs, patience=tr.patience,
             gradacc=tr.gradacc, clipnorm=tr.clipnorm, seed=run.cfg.seed, device=device, precision=env.precision,
             resume=tr.resume, log=run.log, val_metrics=val_metrics, progress=progress, loss_fn=loss_fn,
-            penalty=run.model_spec.penalty, fingerprint=fingerprint,
+            penalty=run.model_spec.penalty, fingerprint=fingerprint, schedule=schedule, settings_optimizer=lambda params, lr: make_optimizer(params, tr, lr),
         )
-    return Trained(state.history, state.best_val_loss, time.perf_counter() - t0, state.resumed_after)
+    kept = state.best_epoch + 1 if state.best_epoch >= 0 else None
+    return Trained(state.history, state.best_val_loss, time.perf_counter() - t0, state.resumed_after, kept, state.schedule.get("summary"))
 
 
 def fit_inputs(run: Any, model: Any, batches: Any, train_idx: np.ndarray) -> None:
@@ -240,11 +252,12 @@ def best_epoch(history: list) -> int | None:
     return int(np.argmin([h["val_loss"] for h in history])) + 1 if history else None
 
 
-def write_trainer_state(folddir: Path, history: list, best_val_loss: float | None, nepochs: int, **extra: Any) -> None:
-    """``trainer_state.json``: per-epoch history, the best epoch (weights kept) and why training
-    ended; epochs are counted from 1, as on screen."""
+def write_trainer_state(folddir: Path, history: list, best_val_loss: float | None, nepochs: int, kept_epoch: int | None = None, **extra: Any) -> None:
+    """``trainer_state.json``: per-epoch history, the best epoch (weights kept: ``kept_epoch``,
+    else the lowest validation loss) and why training ended; epochs are counted from 1, as on screen."""
     numbered = [{**h, "epoch": h["epoch"] + 1} for h in history]
-    write_json(folddir / "trainer_state.json", {"history": numbered, "best_epoch": best_epoch(history), "best_val_loss": best_val_loss, **extra, "epochs_run": len(history), "nepochs": nepochs, "stopped_early": bool(history) and len(history) < nepochs})
+    kept = kept_epoch if kept_epoch is not None else best_epoch(history)
+    write_json(folddir / "trainer_state.json", {"history": numbered, "best_epoch": kept, "best_val_loss": best_val_loss, **extra, "epochs_run": len(history), "nepochs": nepochs, "stopped_early": bool(history) and len(history) < nepochs})
 
 
 def loss_name(task: Any, scaling: str = "none") -> str:

@@ -19,7 +19,8 @@ observe or steer training without touching the engine.
 What a plugin may implement is declared here, never probed: the objects it hands to the core
 follow :class:`Tokenizer` and :class:`Model`, and every optional capability (embeddings,
 pre-trained weights, a loss penalty, a fast leave-one-out routine, extra leave-one-out scores,
-one-pass fitting, exports) is a field of :class:`ModelSpec` that is either set or ``None``.
+one-pass fitting, a staged fit schedule, exports) is a field of :class:`ModelSpec` that is either
+set or ``None``.
 
 The helpers at the end (config ``opt``, errors, atomic writes, data readers, ``InputAdapter``)
 are the rest of core's public API; a plugin imports nothing else from ``biolm.core``.
@@ -35,8 +36,8 @@ capabilities are ``ModelSpec`` fields (``embed``, ``load_pretrained``, ``penalty
 breaking version 2 (defaults keep older plugins working): ``ModelSpec.pretrained_weights`` and
 ``ModelSpec.perturbation_scores``; ``PluginConfig.tokenizers`` (several input kinds),
 ``TokenizerSpec.accepts`` / ``inputs`` / ``feature_shape`` (which files a kind reads; fixed-shape
-feature records), ``ModelSpec.fit_inputs`` (input statistics fitted per fold) and
-``ModelInfo.input_kind``.
+feature records), ``ModelSpec.fit_inputs`` (input statistics fitted per fold), ``ModelInfo.input_kind`` and
+``ModelSpec.fit_schedule`` (staged training, with :class:`Stage` and :class:`StageContext`).
 """
 
 from __future__ import annotations
@@ -215,6 +216,13 @@ class ModelSpec:
         embedding cosine similarity), ``{}`` when there are none. ``base_input`` is the
         unperturbed one-sequence input (batch of 1); ``positions`` ``(P,)`` the perturbed
         positions. Scores of several fold models are averaged with the ensemble weights.
+    fit_schedule : ``fit_schedule(model, model_cfg, info) -> list[Stage] | None``: train
+        ``fine-tune`` in stages (:class:`Stage`) instead of the engine's single loop, e.g. one
+        group of parameters at a time, each to convergence with full-batch L-BFGS, with actions
+        between stages that read the training data. ``None`` (for this configuration) = the
+        single loop. Runs through the engine: event hooks, early stopping (per stage),
+        checkpoints (which record the stage: ``resume`` continues mid-schedule to the same
+        result), cross-validation. One process only (refused under DDP).
     """
 
     build: Callable[..., Any]
@@ -229,6 +237,112 @@ class ModelSpec:
     architecture: Callable[..., Any] | None = None
     pretrained_weights: Callable[..., Any] | None = None
     perturbation_scores: Callable[..., Any] | None = None
+    fit_schedule: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a fit schedule (``ModelSpec.fit_schedule``); the engine runs them in order.
+
+    In a stage only the parameters whose names (``model.named_parameters()`` of the model
+    ``build`` returned) match one of ``trainable`` are trained; all others are frozen
+    (``requires_grad`` is restored when the schedule ends). A stage trains until it has
+    converged (``converge_epochs`` epochs in a row whose relative improvement of the training
+    objective is below ``tol``), until validation early stopping (``settings: training:
+    patience``) ends it, or for ``max_epochs`` epochs; then the stage's best weights (lowest
+    validation loss) are kept. Epochs are counted across stages; every epoch is checkpointed.
+
+    The *training objective* is the sample-weighted mean loss over the whole training split
+    (the task's loss, as in the single loop) plus ``ModelSpec.penalty(model)``.
+
+    Parameters
+    ----------
+    name : shown in the log, the epoch history (``trainer_state.json``) and checkpoints.
+    trainable : regular expressions (``re.search``) over parameter names; empty: nothing is
+        trained (a stage of actions only, no epochs).
+    optimizer : ``"lbfgs"``: full batch. The training split is held in memory (in batches of
+        ``batchsize``) and one epoch is one ``torch.optim.LBFGS.step(closure)`` of
+        ``lbfgs_iterations`` iterations with a strong-Wolfe line search, whose closure
+        evaluates the objective over the whole split, in float32 without autocast or
+        clipping, with the model in eval mode (deterministic: no dropout). ``"settings"``: the
+        run's optimizer (adam/adamw, ``lr``, ``gradacc``, ``clipnorm``) on shuffled minibatches,
+        one pass per epoch, as the single loop.
+    lr : learning rate; ``None`` = 1.0 for ``lbfgs``, ``settings: training: lr`` otherwise.
+    max_epochs : ``None`` = ``settings: training: nepochs``.
+    tol, converge_epochs : the convergence test above.
+    lbfgs_iterations, lbfgs_history : ``max_iter`` and ``history_size`` of L-BFGS.
+    batchsize : samples per forward pass when the whole training split is evaluated (L-BFGS
+        and the objective); ``None`` = ``settings: training: batchsize``. Only memory and
+        speed depend on it.
+    before : ``before(ctx)`` runs before the stage's first epoch (a :class:`StageContext`),
+        e.g. to initialise parameters from the data.
+    after : ``after(ctx)`` runs after its last epoch, with the kept weights in place (e.g. to
+        fix a gauge, or move a constant between parameters).
+    before_objective : ``before_objective(ctx)`` runs (without gradients) before every
+        evaluation of the objective in an ``lbfgs`` stage; it may set parameters this stage
+        does not train to their exact optimum for the current ones (e.g. a linear head solved
+        in closed form: "variable projection").
+    greedy : ``before`` is a proposal (it returns ``False`` when it has nothing to propose);
+        after the stage's training the result is kept only if the objective fell by more than
+        ``greedy_threshold`` (relative) below the objective before the proposal, and then the
+        proposal is tried again; otherwise the weights before the proposal are restored and
+        the stage ends.
+    greedy_threshold : see ``greedy``.
+    undo_if_worse : a validation guard: when the stage's best validation loss is worse than the
+        validation loss before it, the stage is undone (its starting weights restored), e.g. for
+        optional extra terms that may only fit noise.
+    """
+
+    name: str
+    trainable: tuple[str, ...] = ()
+    optimizer: str = "lbfgs"
+    lr: float | None = None
+    max_epochs: int | None = None
+    tol: float = 1e-6
+    converge_epochs: int = 2
+    lbfgs_iterations: int = 20
+    lbfgs_history: int = 100
+    batchsize: int | None = None
+    before: Callable[..., Any] | None = None
+    after: Callable[..., Any] | None = None
+    before_objective: Callable[..., Any] | None = None
+    greedy: bool = False
+    greedy_threshold: float = 1e-3
+    undo_if_worse: bool = False
+
+
+class StageContext(Protocol):
+    """What a :class:`Stage`'s actions receive.
+
+    Attributes
+    ----------
+    model : the model ``build`` returned (not the DDP wrapper).
+    stage : the running :class:`Stage`.
+    task : ``"regression"`` or ``"classification"``.
+    n_outputs : regression targets or classes.
+    class_weights : (n_classes,) tensor of the classification loss's class weights, or None.
+    memory : a dict shared by all stages of the schedule, for what the actions must remember
+        (e.g. which proposals were tried); JSON values only: it is saved with every checkpoint
+        and restored on ``resume``.
+    log : the run's :class:`logging.Logger`.
+    """
+
+    model: Any
+    stage: Stage
+    task: str
+    n_outputs: int
+    class_weights: Any
+    memory: dict
+    log: Any
+
+    def batches(self) -> list:
+        """The training split as ``[(indices, input, y, w), ...]`` in a fixed order, held in
+        memory: ``input`` as ``TokenizerSpec.make_input`` makes it, ``y`` the training targets
+        ((B,) float for regression, (B,) class indices), ``w`` (B,) sample weights."""
+
+    def objective(self) -> float:
+        """The training objective at the current weights (no gradients; in an ``lbfgs`` stage
+        after ``before_objective``)."""
 
 
 @dataclass(frozen=True)
@@ -328,7 +442,11 @@ def register_model(register: Callable[[str, ModelSpec], None]) -> None:
 
 # Training events (LUMIN's callback points). ``state`` is a biolm.core.engine.TrainState: it
 # carries the plugin name, fold, epoch (0-based), step, model, optimizer, current batch, loss and
-# metrics. Implementations may read it and set ``state.stop_training = True``.
+# metrics, and in a staged fit (ModelSpec.fit_schedule) the running stage's name (``state.stage``).
+# Implementations may read it and set ``state.stop_training = True`` (in a staged fit: end the
+# running stage). In a full-batch (L-BFGS) stage an epoch is one optimizer step over the whole
+# training split: ``on_batch_begin`` fires before it (``state.batch`` is None),
+# ``on_after_backward`` after each gradient evaluation of its closure, ``on_batch_end`` after it.
 
 
 @hookspec
@@ -436,7 +554,7 @@ _HELPERS = {
 
 __all__ = [
     "BIOLM_PLUGIN_API", "hookspec", "hookimpl", "MODES", "PluginConfig", "ModelInfo", "Encoding",
-    "ModelSpec", "TokenizerSpec", "Tokenizer", "Model", *_HELPERS,
+    "ModelSpec", "Stage", "StageContext", "TokenizerSpec", "Tokenizer", "Model", *_HELPERS,
 ]
 
 

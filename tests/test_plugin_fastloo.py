@@ -160,7 +160,7 @@ def test_psam_matches_full_forwards(opts, unknown):
 
 
 def test_psam_dilation_kernels_per_mode_and_full_length():
-    from biolm.plugins.psam.model import PSAMPredictor
+    from biolm.plugins.psam.predictor import PSAMPredictor
 
     L, V = 36, len(_Tok.vocab)
     net = PSAMPredictor(L, num_outputs=2, n_modes=2, kernel_size=[4, 3], dilation=2, train_posbias=True,
@@ -178,7 +178,7 @@ def test_psam_dilation_kernels_per_mode_and_full_length():
 
 
 def test_psam_symmetry():
-    from biolm.plugins.psam.model import PSAMPredictor
+    from biolm.plugins.psam.predictor import PSAMPredictor
 
     L, V = 30, len(_Tok.vocab)
     # a reverse-complement palindrome with shared pairwise terms

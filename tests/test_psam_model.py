@@ -15,21 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from biolm.plugins.psam.model import (
-    PSAM,
-    Alphabet,
-    Mode,
-    PSAMConv1d,
-    PSAMPredictor,
-    alphabet_projection,
-    export_psams,
-    load_pyprobound_weights,
-    plot_logo,
-    psam_matrix,
-    pyprobound_state_dict,
-    to_json,
-    to_meme,
-)
+from biolm.plugins.psam.alphabet import Alphabet, alphabet_projection
+from biolm.plugins.psam.convolution import Mode, PSAMConv1d
+from biolm.plugins.psam.export import export_psams, plot_logo, psam_matrix, to_json, to_meme
+from biolm.plugins.psam.predictor import PSAMPredictor
+from biolm.plugins.psam.psam import PSAM
+from biolm.plugins.psam.pyprobound_weights import load_pyprobound_weights, pyprobound_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "psam"
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}

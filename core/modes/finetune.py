@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import metrics as M
 from ..errors import ConfigError, DataError
-from ..fold_training import best_epoch, build_model, check_blocksize, fingerprint, fit_inputs, fit_one_pass, loss_name, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
+from ..fold_training import build_model, check_blocksize, fingerprint, fit_inputs, fit_one_pass, fit_schedule, loss_name, make_batches, model_meta, start_from_pretrained, train_model, write_trainer_state
 from ..hookspecs import ModelInfo
 from ..outputs import write_json
 from ..publish import publication
@@ -121,7 +121,7 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
     else:
         val = metric_fn(run.task, y, fold.val, scaler, task.n_outputs)
         fp = fingerprint(run, store, info, fold.train, fold.val, (y, weights, task.class_weights), init)
-        trained = train_model(run, model, batches, fold=fold.name, folddir=folddir, task=task, train_idx=fold.train, val_idx=fold.val, device=device, val_metrics=val, fingerprint=fp)
+        trained = train_model(run, model, batches, fold=fold.name, folddir=folddir, task=task, train_idx=fold.train, val_idx=fold.val, device=device, val_metrics=val, fingerprint=fp, schedule=fit_schedule(run, model, info))
     parts = {"train": fold.train, "eval": fold.val, **({"test": fold.test} if len(fold.test) else {})}
     results, outputs = {}, {}
     for part, idx in parts.items():
@@ -141,10 +141,10 @@ def fit_fold(run: Any, store: Any, tokenizer: Any, fold: Any, weights: np.ndarra
     save_fold(outdir, model, meta, run.outdir / "tokenizer.json", scaler, encoder)
     if run.model_spec.export is not None:
         run.model_spec.export(model, outdir)
-    write_trainer_state(outdir, trained.history, best, tr.nepochs)
+    write_trainer_state(outdir, trained.history, best, tr.nepochs, trained.kept_epoch, **({"stages": trained.stages} if trained.stages else {}))
     write_result_files(outdir, results)
     idx = parts[shown]
     write_predictions(outdir, run.task, [store.ids[i] for i in idx], [raw[i] for i in idx], outputs[shown], scaler, encoder, split=shown)
-    plot_fold(outdir, trained.history, run.task, y, idx, outputs[shown], scaler, encoder, results[shown], shown, title=f"{run.plugin.name} fold {fold.name}: learning curves", loss=loss_name(task, tr.scaling), best_epoch=best_epoch(trained.history))
+    plot_fold(outdir, trained.history, run.task, y, idx, outputs[shown], scaler, encoder, results[shown], shown, title=f"{run.plugin.name} fold {fold.name}: learning curves", loss=loss_name(task, tr.scaling), best_epoch=trained.kept_epoch)
     run.log.info("fold %s: %s", fold.name, "  ".join(f"{k} {v:.4g}" for k, v in results[shown].items() if isinstance(v, float)))
     return headline

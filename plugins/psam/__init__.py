@@ -1,14 +1,22 @@
 """The ``psam`` plugin: PyProBound's biophysical binding model (PSAM convolution, position bias,
 log-sum-exp over windows and strands) with a regression/classification head on the
-log-affinities of one or more binding modes.
+log-affinity of one or more binding modes, fitted from scratch in PyProBound's stages.
 
 The atomic vocabulary is projected onto the alphabet by each token's first letter
 (case-insensitive, U = T), so ``A``/``a``/``aej`` all count as A; modifier channels are ignored.
-After fine-tuning each fold also holds its learned motifs as JSON, MEME and logo plots.
+After fine-tuning each fold also holds its learned motifs as JSON, MEME and logo plots, and the
+fitted position bias as a plot.
+
+Files: ``alphabet`` (letters, codes, vocabulary projection), ``psam`` (the PSAM's parameters),
+``convolution`` (PSAM convolution with position bias, the binding mode), ``predictor`` (modes ->
+head, the plugin's model), ``fit_schedule`` (the staged fit, with ``seeding``, ``head_fit`` and
+``footprint``), ``fastloo`` (exact fast leave-one-out), ``pyprobound_weights`` (PyProBound's
+weight names), ``export`` (JSON, MEME, logos, position bias).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from biolm.core.hookspecs import ConfigError, ModelSpec, PluginConfig, hookimpl, opt, parsers
@@ -23,7 +31,7 @@ class PSAMSchema:
     alphabet: str = opt("DNA", "Alphabet of the PSAM.", choices=("DNA", "RNA", "protein"), modes=TRAIN)
     score_reverse: bool = opt(True, "Also score the reverse complement (DNA/RNA) and take log-sum-exp over strands.", modes=TRAIN)
     pairwise_distance: int = opt(0, "Pairwise (dinucleotide) interactions up to this distance; 0 = mononucleotide only.", minimum=0, modes=TRAIN)
-    seeds: list | None = opt(None, "Seed motifs in IUPAC, one per mode (e.g. [TGACTCA]); unset = random start.", parse=parsers.TEXT_LIST, false_is_unset=True, modes=TRAIN)
+    seeds: list | None = opt(None, "Seed motifs in IUPAC, one per mode (e.g. [TGACTCA]); unset = found in the data (staged fitting) or a random start.", parse=parsers.TEXT_LIST, false_is_unset=True, modes=TRAIN)
     seed_scale: float = opt(1.0, "Strength of the seed motif's initial betas.", minimum=0.0, modes=TRAIN)
     normalize: bool = opt(False, "Normalise the PSAM betas (mean-centred per position).", modes=TRAIN)
     train_bias: bool = opt(False, "Train the PSAM's constant bias.", modes=TRAIN)
@@ -34,50 +42,47 @@ class PSAMSchema:
     one_hot: bool = opt(True, "Score by convolution on one-hot input (False: dense gather scoring).", modes=TRAIN)
     unknown: str = opt("mean", "All-zero rows inside a sequence (N, tokens outside the alphabet): 'mean' (1/4 per letter), 'zero' or 'pad'.", choices=("mean", "zero", "pad"), modes=TRAIN)
     train_hill: bool = opt(False, "Train a Hill coefficient of each mode.", modes=TRAIN)
+    combine: str = opt("affinity", "Modes summed in affinity space, then the head ('affinity', PyProBound), or a linear head on each mode's log-affinity ('linear').", choices=("affinity", "linear"), modes=TRAIN)
+    fitting: str = opt("staged", "'staged': PyProBound's procedure (modes one at a time, seeded from the data, full-batch L-BFGS per parameter group, head profiled, gauge fixed; settings lr/optimizer/batchsize unused); 'gradient': one loop of the settings optimizer over all parameters.", choices=("staged", "gradient"), modes=TRAIN)
+
+
+NOT_ARGUMENTS = ("fitting",)  # schema keys that configure the fit, not the network
 
 
 def _build(model_cfg: PSAMSchema, info):
-    import torch
-
-    from .model import PSAMPredictor
+    from .predictor import PSAMInput, PSAMPredictor
 
     vocab = list(info.tokenizer.vocab)
     if not vocab:
         raise ConfigError("tokenization.encoding", "psam needs the atomic tokenizer's vocabulary")
-    seeds = model_cfg.seeds
-    if seeds is not None and len(seeds) != model_cfg.n_modes:
-        raise ConfigError("model.seeds", f"{len(seeds)} seed(s) for {model_cfg.n_modes} mode(s)")
+    args = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in NOT_ARGUMENTS}
+    if args["seeds"] is not None and len(args["seeds"]) != model_cfg.n_modes:
+        raise ConfigError("model.seeds", f"{len(args['seeds'])} seed(s) for {model_cfg.n_modes} mode(s)")
+    if model_cfg.alphabet == "protein":
+        args["score_reverse"] = False
     try:
-        net = PSAMPredictor(
-            info.blocksize, num_outputs=info.n_outputs, task="classification" if info.task == "classification" else "regression",
-            n_modes=model_cfg.n_modes, kernel_size=model_cfg.kernel_size, alphabet=model_cfg.alphabet,
-            pairwise_distance=model_cfg.pairwise_distance, score_reverse=model_cfg.score_reverse if model_cfg.alphabet != "protein" else False,
-            seeds=seeds, seed_scale=model_cfg.seed_scale, normalize=model_cfg.normalize, train_bias=model_cfg.train_bias,
-            train_posbias=model_cfg.train_posbias, bias_mode=model_cfg.bias_mode, bias_bin=model_cfg.bias_bin,
-            length_specific_bias=model_cfg.length_specific_bias, one_hot=model_cfg.one_hot, unknown=model_cfg.unknown,
-            train_hill=model_cfg.train_hill, vocab=vocab,
-        )
+        net = PSAMPredictor(info.blocksize, num_outputs=info.n_outputs, task="classification" if info.task == "classification" else "regression", vocab=vocab, **args)
     except ValueError as exc:
         raise ConfigError("model", str(exc)) from None
-    n_vocab = len(vocab)
-
-    class PSAMInput(torch.nn.Module):
-        """Vocabulary channels only (modifiers are not part of a PSAM) + real lengths."""
-
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, batch):
-            return self.net(batch["x"][..., :n_vocab], batch["lengths"])
-
-    return PSAMInput()
+    return PSAMInput(net, len(vocab))
 
 
 def _export(model, folddir):
-    from .model import export_psams
+    from .export import export_psams
 
     export_psams(model.net, folddir / "psams")
+
+
+def _fit_schedule(model, model_cfg, info):
+    from .fit_schedule import schedule
+
+    return schedule(model, model_cfg, info)
+
+
+def _penalty(model):
+    from .fit_schedule import penalty
+
+    return penalty(model)
 
 
 @hookimpl
@@ -87,7 +92,7 @@ def register_config(register):
             name="psam",
             description="PyProBound PSAM binding model: log-affinities of binding modes -> regression/classification.",
             model_schema=PSAMSchema,
-            training_defaults=dict(lr=1e-2, weightdecay=0.0, batchsize=64, blocksize=256, optimizer="adam", clipnorm=None),
+            training_defaults=dict(lr=1e-2, weightdecay=0.0, batchsize=64, blocksize=256, optimizer="adam", clipnorm=None, nepochs=60),
             modes=("tokenize", "fine-tune", "predict", "interpret"),
             fixed_length=True,
             max_blocksize=1 << 20,
@@ -104,4 +109,4 @@ def _fast_loo(model, inp, n, positions, rows):
 
 @hookimpl
 def register_model(register):
-    register("psam", ModelSpec(build=_build, export=_export, fast_loo=_fast_loo))
+    register("psam", ModelSpec(build=_build, export=_export, fast_loo=_fast_loo, fit_schedule=_fit_schedule, penalty=_penalty))

@@ -6,7 +6,8 @@ Per binding mode the model computes, for every window start ``s`` and strand/mot
     R[c, s] = sum_k beta_k . xe[s + k*dil] + sum_d sum_k xe[s+k]^T B_{d,k} xe[s+k+d]
     log_affinity = logsumexp_{c, s} T[c, s]
 
-then ``head(clamp(log_affinities, min_log_affinity))``. ``xe`` is the input after the vocabulary
+then the head on the modes' combination (``PSAMPredictor.head_input``: the floored log-sum-exp
+over modes, or the floored per-mode log-affinities). ``xe`` is the input after the vocabulary
 projection with the ``unknown`` rule applied (padding rows and ``unknown="pad"`` rows -> 0 and
 flagged as padding; all-zero rows -> ``1/A`` per letter for ``"mean"``, 0 for ``"zero"``).
 
@@ -29,7 +30,7 @@ dilation only those with ``j % dil == 0``). :func:`fast_loo`
 Everything is computed in float64 (the work per perturbation is ``span * channels * A`` numbers),
 so the result differs from the model's float32 forward pass only by that pass's own rounding.
 All ops are small and run single-threaded (an OpenMP team per op costs more than it saves).
-All options of :class:`~biolm.plugins.psam.model.PSAMPredictor` are supported: several modes (of
+All options of :class:`~biolm.plugins.psam.predictor.PSAMPredictor` are supported: several modes (of
 different kernel sizes), both strands, pairwise terms, dilation, symmetry, normalisation,
 channel/same/reverse, binned and length-specific position biases, Hill coefficients, the three
 ``unknown`` rules, padding (``lengths`` < L), non-finite (``-inf``) padding rows, and the dense
@@ -49,7 +50,7 @@ _F64 = torch.float64
 
 
 def _net(model):
-    """The :class:`~biolm.plugins.psam.model.PSAMPredictor` inside the plugin's input wrapper."""
+    """The :class:`~biolm.plugins.psam.predictor.PSAMPredictor` inside the plugin's input wrapper."""
     return getattr(model, "net", model)
 
 
@@ -257,6 +258,6 @@ def fast_loo(model, inp: dict, n: int, positions: torch.Tensor, rows: torch.Tens
             for m, xe, pad in modes:
                 xe_new, pad_new = _effective(ra[c0: c0 + _CHUNK], p >= length, m.unknown)
                 la.append(m.log_affinity(xe, pad, p, xe_new, pad_new))
-            la = torch.stack(la, dim=-1).clamp_min(net.min_log_affinity)  # (P, n_modes)
-            outs.append(head(la.to(head.weight.dtype)))
+            la = torch.stack(la, dim=-1)  # (P, n_modes)
+            outs.append(head(net.head_input(la).to(head.weight.dtype)))
         return torch.cat(outs)
