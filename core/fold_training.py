@@ -80,9 +80,10 @@ class Trained:
 
     @property
     def total_runtime(self) -> float:
-        """Training time of every run that contributed (resumed runs included): the epochs' own
-        times, or this process's time for one-pass fits."""
-        return sum(h.get("seconds", 0.0) for h in self.history) if self.history else self.runtime
+        """Training time of every run that contributed: this process's whole time (work between
+        epochs included, e.g. a fit schedule's stage actions) plus, after a resume, the epochs the
+        earlier runs trained."""
+        return self.runtime + sum(h.get("seconds", 0.0) for h in self.history[: self.resumed_after])
 
 
 def fit_schedule(run: Any, model: Any, info: ModelInfo) -> list | None:
