@@ -51,9 +51,9 @@ def ism_logo(tokens: list[str], delta: np.ndarray, alphabet: list[str], path: Pa
     path : the PNG to write (atomically).
     start : offset of position 0 in the original sequence (axis labels).
     """
-    from .plots import _plt, _save
+    from .plots import pyplot, save_png
 
-    plt = _plt()
+    plt = pyplot()
     with np.errstate(invalid="ignore"):
         height = -np.nanmean(np.where(np.isnan(delta).all(1, keepdims=True), 0.0, delta), axis=1)
     a, b = window(height, width)
@@ -76,5 +76,5 @@ def ism_logo(tokens: list[str], delta: np.ndarray, alphabet: list[str], path: Pa
     bottom.set_xticks(ticks, [str(start + a + int(t)) for t in ticks], fontsize=7)
     bottom.set_xlabel("position")
     fig.colorbar(im, ax=[top, bottom], shrink=0.6, label="delta")
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot with a non-interactive backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,7 +17,8 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG, atomically."""
     from .outputs import write_atomic
 
     write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"), mode="wb")
@@ -28,7 +30,7 @@ def learning_curves(history: list[dict], path: Path, title: str = "", loss: str 
     ``loss`` names the loss and its scale on the y axis (e.g. "MSE (log-scaled labels)")."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ep = [h["epoch"] + 1 for h in history]
     ax.plot(ep, [h["train_loss"] for h in history], marker=".", label="training")
@@ -40,12 +42,12 @@ def learning_curves(history: list[dict], path: Path, title: str = "", loss: str 
     ax.set_ylabel(loss)
     ax.set_title(title or "learning curves")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
 def scatter(y: np.ndarray, p: np.ndarray, metrics: dict, path: Path, title: str = "") -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(y, p, s=8, alpha=0.6)
     lo, hi = float(min(np.min(y), np.min(p))), float(max(np.max(y), np.max(p)))
@@ -53,12 +55,12 @@ def scatter(y: np.ndarray, p: np.ndarray, metrics: dict, path: Path, title: str 
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
     ax.set_title(f"{title} r={metrics.get('pearson', float('nan')):.3f} rho={metrics.get('spearman', float('nan')):.3f}")
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
 def confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = "") -> None:
-    plt = _plt()
+    plt = pyplot()
     cm_a = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
     ax.imshow(cm_a, cmap="Blues")
@@ -70,7 +72,7 @@ def confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -83,7 +85,7 @@ def importance(tokens: list[str], scores: np.ndarray, path: Path, title: str = "
     reference's mRNA encoding: CDS from the first to the last upper-case token + 2)."""
     from matplotlib.patches import Patch
 
-    plt = _plt()
+    plt = pyplot()
     scores = np.asarray(scores, dtype=float)
     n = len(scores)
     fig, ax = plt.subplots(figsize=(min(18.0, 4 + n * 0.1), 3.4))
@@ -114,14 +116,14 @@ def importance(tokens: list[str], scores: np.ndarray, path: Path, title: str = "
     ax.set_ylabel(score)
     ax.set_title(title, pad=24)
     ax.legend(handles=handles, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), frameon=False)
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
 def top_features(names: list[str], scores: np.ndarray, path: Path, title: str = "", score: str = "loo", k: int = 30) -> None:
     """The ``k`` features (e.g. genes) with the largest |score| of one sample, as a sorted bar chart
     (for inputs whose order is not a sequence, where per-position plots would be unreadable)."""
-    plt = _plt()
+    plt = pyplot()
     scores = np.asarray(scores, dtype=float)
     order = np.argsort(-np.abs(scores), kind="stable")[:k][::-1]
     fig, ax = plt.subplots(figsize=(5.5, 1.2 + 0.22 * len(order)))
@@ -130,7 +132,7 @@ def top_features(names: list[str], scores: np.ndarray, path: Path, title: str = 
     ax.axvline(0, color="black", lw=0.5)
     ax.set_xlabel(f"{score} (red: prediction rises without it; blue: it falls)")
     ax.set_title(title or f"top {len(order)} by |{score}|")
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
