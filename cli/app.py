@@ -78,12 +78,13 @@ def _option_for(spec, index: int, defaults: dict) -> inspect.Parameter:
     meta = spec.meta
     parser = meta["parse"]
     flag = meta.get("flag") or spec.key.replace("_", "-")
-    help_text = meta["help"]
+    # rich reads "[...]" as markup: "\\[" keeps the brackets (choices, defaults, examples) on the -h page
+    help_text = meta["help"].replace("[", "\\[")
     if meta.get("choices"):
-        help_text += f" [{'|'.join(meta['choices'])}]"
+        help_text += f" \\[{'|'.join(meta['choices'])}]"
     default = defaults.get(spec.path, _default_text(spec))
     if default is not None:
-        help_text += f" [default: {default}]"
+        help_text += f" \\[default: {default}]"
     if parser.cli is bool:
         decl = (f"--{flag}/--no-{flag}",)
         annotation: Any = Optional[bool]
@@ -204,6 +205,17 @@ class RootGroup(TyperGroup):
 
     def list_commands(self, ctx):
         return super().list_commands(ctx) + sorted(_registry().configs)
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else None
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            plugins = sorted(_registry().configs)
+            hint = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.6)
+            extra = f" Did you mean {hint[0]!r}?" if hint else ""
+            ctx.fail(f"No such plugin or command {name!r}; plugins: {', '.join(plugins)} (biolm plugins lists them).{extra}")
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx, name):
         cmd = super().get_command(ctx, name)

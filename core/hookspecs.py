@@ -367,6 +367,8 @@ class TokenizerSpec:
         ``path`` — how a plugin with several kinds picks one, and how a file the kind cannot
         read becomes a clear error instead of a parse failure. ``None`` = any file.
     inputs : a few words naming what the kind reads, for messages ("delimited text sequences").
+    records : what one record of this kind is called in messages, plural (``"sequences"``,
+        ``"cells"``, ``"samples"``): "60 sequences" after predicting, "80 cells" after interpreting.
     feature_shape : ``feature_shape(tokenizer) -> tuple`` for kinds whose records are
         fixed-shape float arrays instead of tokens (``encode`` yields :func:`feature_record`
         records): the shape of one record. The model input is then (B, L, C) with C the first
@@ -380,6 +382,7 @@ class TokenizerSpec:
     make_input: Callable[..., Any]
     accepts: Callable[..., Any] | None = None
     inputs: str = ""
+    records: str = "sequences"
     feature_shape: Callable[..., Any] | None = None
 
 

@@ -82,8 +82,8 @@ class _CoreTokenizers:
 
         register("atomic", spec("atomic_tokenizer", make_input=lazy("atomic_tokenizer", "make_input"), accepts=input_kinds.reads_text, inputs="delimited text sequences"))
         features = dict(make_input=lazy("feature_tokenizer", "make_input"), feature_shape=lazy("feature_tokenizer", "feature_shape"))
-        register("expression", spec("expression_tokenizer", accepts=input_kinds.reads_h5ad, inputs=".h5ad expression (cells x genes)", **features))
-        register("array", spec("array_tokenizer", accepts=input_kinds.reads_arrays, inputs=".npy/.npz arrays", **features))
+        register("expression", spec("expression_tokenizer", accepts=input_kinds.reads_h5ad, inputs=".h5ad expression (cells x genes)", records="cells", **features))
+        register("array", spec("array_tokenizer", accepts=input_kinds.reads_arrays, inputs=".npy/.npz arrays", records="samples", **features))
 
 
 def _allowed() -> set[str] | None:

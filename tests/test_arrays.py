@@ -195,6 +195,7 @@ def test_pca_on_the_bundled_signal_npy_every_mode(tmp_path, one_thread):
     p = run("pca", "predict", task="classification", configfile=path, quiet=True)
     assert p.summary["metrics"]["accuracy"] >= 0.9 and (p.modedir / "embeddings.h5").exists()
     it = run("pca", "interpret", task="classification", configfile=path, quiet=True)
+    assert it.summary["metrics"]["samples"] == 60 and p.summary["lines"][0].endswith("(60 samples)")
     score = np.zeros(64)
     for row in csv.DictReader(open(it.modedir / "loo_scores_mask.csv")):
         score[int(row["start_offset"])] += abs(float(row["loo"]))

@@ -129,6 +129,27 @@ def test_mode_help_groups_options_by_yaml_section():
     assert "--handletokens" not in out and "--inferenceonsplits" not in out and "--samplesize" not in out
 
 
+def test_mode_help_shows_defaults_choices_and_brackets():
+    out = " ".join(biolm("saluki", "fine-tune", "-h").stdout.split())  # panel wrapping undone
+    assert "Random seed for splits, initialisation, shuffling and sampling. [default: 42]" in out
+    assert "Maximum training epochs. [default: 50]" in out
+    assert "[log|minmax|standard|none] [default: none]" in out
+    assert "'70,20,10', [85, 15] or '70/20/10'. [default: 85,15]" in out  # brackets in the help text kept
+    assert "[default: 12288]" in out  # saluki's own block size, not the core default
+
+
+def test_unknown_mode_lists_the_plugins_modes_and_suggests_one():
+    p = biolm("saluki", "pre-train", "-c", "x.yaml")
+    assert p.returncode == 2
+    assert "No such mode 'pre-train' for saluki; its modes: tokenize, fine-tune, predict, interpret." in p.stderr
+    p = biolm("saluki", "finetune", "--task", "regression")
+    assert p.returncode == 2 and "Did you mean 'fine-tune'?" in p.stderr
+    p = biolm("salukii", "fine-tune")
+    assert p.returncode == 2 and "No such plugin or command 'salukii'" in p.stderr and "Did you mean 'saluki'?" in p.stderr
+    p = biolm("plugin")
+    assert p.returncode == 2 and "Did you mean 'plugins'?" in p.stderr
+
+
 def test_interpret_help_has_looscores_but_no_training_keys():
     p = biolm("saluki", "interpret", "-h")
     assert p.returncode == 0, p.stderr

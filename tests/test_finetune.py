@@ -40,6 +40,9 @@ def test_regression_random_split_outputs(tmp_path, rna_file):
         assert float(row["label_rank"]) == pytest.approx(1 + np.sum(labels < float(row["label"])) + (np.sum(labels == float(row["label"])) - 1) / 2)
     state = json.loads((fold / "trainer_state.json").read_text())
     assert len(state["history"]) == 2
+    # no tokenize before: the tokenizer is learned first, and the log says so with its path, at INFO
+    tok = tmp_path / "out" / "tokenizer.json"
+    assert tok.exists() and f"INFO no tokenizer at {tok}: learning it on {rna_file} first" in r.logfile.read_text()
 
 
 def test_same_seed_same_results(tmp_path, rna_file):

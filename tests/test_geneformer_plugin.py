@@ -273,6 +273,7 @@ def test_predict_writes_embeddings(pipe):
     r = _infer("predict", pipe["finetune"].modedir, pipe["data"], pipe["outdir"], pipe["cfg"], task="classification", **{"inference_model.saveembeddings": True, "inference_source.splitcolumn": "split", "inference_source.inferenceonsplits": "[5]"})
     preds = _rows(r.modedir / "test_predictions.csv")
     assert len(preds) == 60 and list(preds[0])[:3] == ["sequence", "label", "prediction"]
+    assert r.summary["lines"][0].endswith("test_predictions.csv (60 cells)")  # cells are not called sequences
     import h5py
 
     with h5py.File(r.modedir / "embeddings.h5") as f:
@@ -317,8 +318,9 @@ def loo(pipe, regression):
 def test_interpret_rows_are_genes_the_model_reads(pipe, regression, loo, how):
     from geneformer_oracles import GenerankTokenizer
 
-    header, rows, _ = loo[how]
+    header, rows, r = loo[how]
     assert header == HEADER
+    assert r.summary["metrics"]["cells"] == 3 and "sequences" not in r.summary["metrics"]
     assert len(rows) == 3 * L  # each cell expresses more than L genes: only the L the model reads
     tok = GenerankTokenizer.load(pipe["outdir"] / "tokenizer.json")
     X = H5adReader(regression["small"]).read_all()

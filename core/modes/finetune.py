@@ -37,7 +37,7 @@ def execute(run: Any) -> dict:
     if weights is not None and run.task != "regression":
         run.log.warning("weightpos is used for regression only; ignored for classification")
         weights = None
-    run.log.info("%d records, %d fold(s), device %s", len(store), len(folds), device)
+    run.log.info("%d %s, %d fold(s), device %s", len(store), run.tokenizer_spec.records, len(folds), device)
     # every fold's results and cv_results.json appear together when all folds are done (the
     # checkpoints stay in the fold folders, so a failed run can be resumed)
     with publication(run.modedir, replaces=previous_results(run.modedir), enabled=is_main()) as staging:

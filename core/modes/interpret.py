@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..ensemble import load_ensemble, open_store, selected_indices
+from ..ensemble import load_ensemble, open_store, selected_indices, tokenizer_spec
 from ..errors import ConfigError
 from ..perturb import unknown_replacements
 from ..publish import publication
@@ -101,9 +101,10 @@ def loo_scores(run: Any, ens: Any, shards: Any, device: Any) -> dict:
     units = "label units" if ens.task == "regression" else "probability of the predicted class"
     out = LooOutputs(run, shards, ens.task == "classification", saturation, units, ens.tokenizer.positional)
     mine = shards.block(len(idx), store.lengths[idx] if store.feature_shape is None else None)
+    noun = tokenizer_spec(run, ens).records
     t0 = time.perf_counter()
     try:
-        with torch.no_grad(), autocast(device, run.cfg.settings.environment.precision), Progress(run.log, run.quiet, unit="sequences") as progress:
+        with torch.no_grad(), autocast(device, run.cfg.settings.environment.precision), Progress(run.log, run.quiet, unit=noun) as progress:
             progress.start("LOO", mine.stop - mine.start)
             for k in range(mine.start, mine.stop):
                 out.add(k, int(idx[k]), scorer(idx[k], None if true_idx is None else int(true_idx[k])))
@@ -123,8 +124,8 @@ def loo_scores(run: Any, ens: Any, shards: Any, device: Any) -> dict:
             lines = [f"{named[kind]}: {path}" for kind, path in out.publish(staging, extra_names).items()]
         shards.cleanup()
     rate = n_pos / max(elapsed, 1e-9)
-    run.log.info("%d sequences, %d perturbations in %.1f s (%.0f positions/s%s)", n_seq, n_pos, elapsed, rate, f", {shards.size} processes" if shards.size > 1 else "")
-    return {"metrics": {"sequences": n_seq, "perturbations": n_pos, "positions_per_s": rate}, "lines": lines}
+    run.log.info("%d %s, %d perturbations in %.1f s (%.0f positions/s%s)", n_seq, noun, n_pos, elapsed, rate, f", {shards.size} processes" if shards.size > 1 else "")
+    return {"metrics": {noun: n_seq, "perturbations": n_pos, "positions_per_s": rate}, "lines": lines}
 
 
 def variant_effects(run: Any, ens: Any, shards: Any, device: Any) -> dict:

@@ -68,10 +68,10 @@ def predict(run: Any, shards: Shards, device: Any) -> dict:
             write_json(staging / "test_results.json", {f"test_{k}": v for k, v in out_metrics.items()})
         if run.cfg.inference_model.saveembeddings and run.model_spec.embed is not None:
             concat_h5(shards.parts("embeddings.h5"), staging / "embeddings.h5")
-            run.log.info("embeddings of %d records computed (published as %s)", len(ids), run.modedir / "embeddings.h5")
+            run.log.info("embeddings of %d %s computed (published as %s)", len(ids), tokenizer_spec(run, ens).records, run.modedir / "embeddings.h5")
     shards.cleanup()
     shown = {k: v for k, v in out_metrics.items() if isinstance(v, float)}
-    return {"metrics": shown, "lines": [f"predictions: {run.modedir / 'test_predictions.csv'} ({len(ids)} sequences)"]}
+    return {"metrics": shown, "lines": [f"predictions: {run.modedir / 'test_predictions.csv'} ({len(ids)} {tokenizer_spec(run, ens).records})"]}
 
 
 def save_share(path: Path, per_fold: list[np.ndarray], combined: np.ndarray) -> None:

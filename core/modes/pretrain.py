@@ -62,8 +62,8 @@ def execute(run: Any) -> dict:
     try:
         train_idx, val_idx = split_records(len(store), cfg.seed)
     except DataError:
-        raise DataError(str(cfg.tokenizing_source.filepath), f"pre-training needs at least 2 records (one for validation), got {len(store)}") from None
-    run.log.info("%d records: %d for training, %d for validation (seeded random 95/5); device %s", len(store), len(train_idx), len(val_idx), device)
+        raise DataError(str(cfg.tokenizing_source.filepath), f"pre-training needs at least 2 {run.tokenizer_spec.records} (one for validation), got {len(store)}") from None
+    run.log.info("%d %s: %d for training, %d for validation (seeded random 95/5); device %s", len(store), run.tokenizer_spec.records, len(train_idx), len(val_idx), device)
     encoding = run.encoding()
     info = ModelInfo(task="pre-train", n_outputs=0, in_channels=tokenizer.n_channels, blocksize=encoding.blocksize, tokenizer=tokenizer, extra={"vocab_size": len(tokenizer.vocab), "mlmprobability": tr.mlmprobability})
     check_batch_memory(lambda b: run.tokenizer_spec.make_input(tokenizer, b, encoding), tokenizer.n_modifiers, tr.batchsize, encoding.blocksize, device)
@@ -81,7 +81,7 @@ def execute(run: Any) -> dict:
     eval_loss, n_tokens = evaluate_tokens(model, batches, val_idx, objective, device, env.precision)
     with publication(run.modedir, replaces=RESULTS) as folddir:
         summary = write_results(run, model, info, trained, eval_loss, n_tokens, len(train_idx), len(val_idx), folddir)
-    run.log.info("pre-train: eval loss %.5g, perplexity %.5g (%d scored tokens of %d validation records)", eval_loss, perplexity(eval_loss), n_tokens, len(val_idx))
+    run.log.info("pre-train: eval loss %.5g, perplexity %.5g (%d scored tokens of %d validation %s)", eval_loss, perplexity(eval_loss), n_tokens, len(val_idx), run.tokenizer_spec.records)
     return {**summary, "lines": [f"pre-trained weights: {run.modedir / 'pytorch_model.bin'} (fine-tune starts from them)"]}
 
 

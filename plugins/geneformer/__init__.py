@@ -89,7 +89,7 @@ def register_config(register):
 
 @hookimpl
 def register_tokenizer(register):
-    register(KIND, TokenizerSpec(fit=_lazy("tokenizer_hooks", "fit"), load=_lazy("tokenizer_hooks", "load"), encode=_lazy("tokenizer_hooks", "encode"), make_input=_lazy("tokenizer_hooks", "make_input")))
+    register(KIND, TokenizerSpec(fit=_lazy("tokenizer_hooks", "fit"), load=_lazy("tokenizer_hooks", "load"), encode=_lazy("tokenizer_hooks", "encode"), make_input=_lazy("tokenizer_hooks", "make_input"), records="cells"))
 
 
 @hookimpl
