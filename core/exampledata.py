@@ -119,7 +119,7 @@ def write_dataset(path: Path, n: int, seed: int, min_len: int = 300, max_len: in
     return path
 
 
-def write_examples(outdir: Path, n_train: int = 600, n_predict: int = 60, seed: int = 7, min_len: int = 200, max_len: int = 900) -> dict[str, Path]:
+def write_examples(outdir: Path, n_train: int = 2000, n_predict: int = 60, seed: int = 7, min_len: int = 200, max_len: int = 900) -> dict[str, Path]:
     outdir = Path(outdir)
     return {
         "train": write_dataset(outdir / "rna_train.txt", n_train, seed, min_len, max_len),
@@ -357,7 +357,7 @@ def write_signal_example(outdir: Path, n_samples: int = 400, length: int = 64, s
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir", type=Path)
-    ap.add_argument("--n-train", type=int, default=600)
+    ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-predict", type=int, default=60)
     ap.add_argument("--seed", type=int, default=None, help="default: 7 (sequences), 0 (--expression), 11 (--binding)")
     ap.add_argument("--min-len", type=int, default=200)
@@ -373,9 +373,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {p}")
         return
     if a.expression:
-        # the bundled example: 400 cells, markers x3 with a programme strength that varies per
+        # the bundled example: 1,600 cells, markers x3 with a programme strength that varies per
         # cell, so a held-out split is not trivially separable (a model has something to learn)
-        print(f"cells: {write_expression_example(a.outdir / 'cells.h5ad', n_cells=400, seed=0 if a.seed is None else a.seed, marker_fold=3.0, program_sd=0.5)}")
+        print(f"cells: {write_expression_example(a.outdir / 'cells.h5ad', n_cells=1600, seed=0 if a.seed is None else a.seed, marker_fold=3.0, program_sd=0.5)}")
         print(f"pbmc-like: {write_pbmc_example(a.outdir / 'pbmc_like.h5ad', seed=0 if a.seed is None else a.seed)}")
         return
     if a.arrays:

@@ -23,7 +23,7 @@ from biolm.core.runner import run
 
 REPO = Path(__file__).resolve().parents[1]
 PBMC = REPO / "exampleconfigs/data/pbmc_like.h5ad"
-CELLS = REPO / "exampleconfigs/data/cells.h5ad"
+CELLS = REPO / "tests/data/cells_400.h5ad"  # the 400-cell version of the geneformer example data
 
 
 def write_cfg(path: Path, data: Path, out: Path, model: dict | None = None, **sections) -> Path:

@@ -7,13 +7,12 @@ config ``seed``: weights, splits; the data set is drawn with it too) the learned
 the planted one (similarity >= 0.9), the test predictions must reach 0.9 x the noise ceiling, and
 masking the position inside a planted site must lower the prediction most (mask leave-one-out on
 held-out sequences whose planted site dominates their affinity). One of the seeds runs through
-the command line, and so does the bundled example (exampleconfigs/psam, a slow test).
+the command line; the bundled example (exampleconfigs/psam) runs in tests/test_examples.py.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import torch
 import yaml
 
 from biolm.core.runner import run
-from biolm.core.synthetic_binding import BindingData, make_binding_data, match_motifs, strong_sites
+from biolm.core.synthetic_binding import make_binding_data, match_motifs, strong_sites
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,33 +135,6 @@ def test_two_motifs_two_modes(tmp_path, seed, length):
 def test_classification_head(tmp_path):
     res = recover(tmp_path, 1, 100, 1000, task="classification", probe=False)
     assert min(res["similarity"]) >= 0.9 and res["auc"] >= 0.85
-
-
-@pytest.mark.slow
-def test_the_example_end_to_end_through_the_cli(tmp_path):
-    """exampleconfigs/psam as its header says, in subprocesses: the planted motif is found and
-    the leave-one-out scores of the predict file peak inside its sites."""
-    from biolm.core.synthetic_binding import motif_similarity
-
-    out = tmp_path / "dna_psam"
-    train, infer = "exampleconfigs/psam/tokenize_fine-tune.yaml", "exampleconfigs/psam/predict_interpret.yaml"
-    biolm("psam", "tokenize", "--configfile", train, "--outputpath", str(out))
-    biolm("psam", "fine-tune", "--task", "regression", "--configfile", train, "--outputpath", str(out))
-    for mode in ("predict", "interpret"):
-        biolm("psam", mode, "--task", "regression", "--configfile", infer, "--outputpath", str(out), "--pretrainedmodel", str(out / "fine-tune"))
-    truth = json.loads((ROOT / "exampleconfigs/data/dna_binding_truth.json").read_text())
-    learned = json.loads((out / "fine-tune/0/psams/psam_0.json").read_text())["monomer"][0]
-    assert motif_similarity(np.array(learned), np.array(truth["energies"][0]))[0] >= 0.95
-    assert (out / "fine-tune/0/psams/psam.meme").exists() and (out / "fine-tune/0/psams/psam_0_logo.png").exists()
-    predicted = _rows(out / "predict/test_predictions.csv")
-    assert len(predicted) == 100 and np.corrcoef([float(r["label"]) for r in predicted], [float(r["prediction"]) for r in predicted])[0, 1] >= 0.85
-    rows = [line.split("\t") for line in (ROOT / "exampleconfigs/data/dna_binding_predict.txt").read_text().splitlines()]
-    codes = np.array([["ACGT".index(c) for c in r[2]] for r in rows])
-    sites = [[tuple(s) for s in truth["predict_sites"][r[0]]] for r in rows]
-    example = BindingData(codes, np.zeros(len(rows)), np.zeros(len(rows)), [np.array(e) for e in truth["energies"]], sites, 1.0)
-    probes = strong_sites(example)
-    hits, total = loo_peaks_in_sites(_rows(out / "interpret/loo_scores_mask.csv"), example, probes, 0, ids=[rows[i][0] for i in probes])
-    assert total >= 30 and hits >= 0.9 * total
 
 
 def test_a_killed_fit_resumes_to_the_same_model(tmp_path):
