@@ -317,7 +317,7 @@ def test_unsupported_inputs_are_clear_errors(tmp_path):
     cfg = write_cfg(tmp_path / "c.yaml", CELLS, tmp_path / "out")
     lcl_cfg = write_cfg(tmp_path / "l.yaml", CELLS, tmp_path / "lcl", model={})
     lcl_cfg.write_text(lcl_cfg.read_text().replace("  n_components: 6\n", "  cutoff: 64\n"))
-    with pytest.raises(BiolmError, match=r"cells.h5ad: an HDF5 \(.h5ad\) file, which lcl cannot read; it reads: delimited text sequences \(atomic\); .npy/.npz arrays \(array\)"):
+    with pytest.raises(BiolmError, match=r"cells_400.h5ad: an HDF5 \(.h5ad\) file, which lcl cannot read; it reads: delimited text sequences \(atomic\); .npy/.npz arrays \(array\)"):
         run("lcl", "tokenize", configfile=lcl_cfg, quiet=True)
     with pytest.raises(DataError, match="tokenization: encoding: atomic reads delimited text sequences; set tokenization: encoding: expression"):
         pca("tokenize", cfg, **{"tokenization.encoding": "atomic"})
