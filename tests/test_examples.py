@@ -33,6 +33,8 @@ import h5py
 import numpy as np
 import pytest
 
+from biolm.core import metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "exampleconfigs" / "data"
 
@@ -53,7 +55,7 @@ def header_commands(config: Path) -> list[list[str]]:
     return commands
 
 
-def run_commands(configs: list[str], cwd: Path) -> list[list[str]]:
+def run_commands(configs: list[str], cwd: Path) -> None:
     """Runs the header commands of ``configs`` in order (each command once, in the order first
     seen: predict_interpret.yaml repeats the commands of its fine-tune config's header)."""
     seen: list[list[str]] = []
@@ -67,7 +69,6 @@ def run_commands(configs: list[str], cwd: Path) -> list[list[str]]:
                 argv += ["--seed", os.environ["BIOLM_EXAMPLE_SEED"]]
             p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=1800)
             assert p.returncode == 0, f"{' '.join(command)}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
-    return seen
 
 
 def rows(path: Path) -> list[dict]:
@@ -79,16 +80,9 @@ def results(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def spearman(a, b) -> float:
-    ra, rb = (np.argsort(np.argsort(np.asarray(x, float))) for x in (a, b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def auroc(truth, score) -> float:
-    truth, score = np.asarray(truth, bool), np.asarray(score, float)
-    ranks = np.argsort(np.argsort(score)) + 1.0
-    n1, n0 = truth.sum(), (~truth).sum()
-    return float((ranks[truth].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+def agreement(predicted: list[dict]) -> dict[str, float]:
+    """Pearson r and Spearman rho of a predictions CSV's ``prediction`` against its ``label``."""
+    return metrics.regression(np.array([float(r["label"]) for r in predicted]), np.array([float(r["prediction"]) for r in predicted]))
 
 
 # ------------------------------------------------------------------------------- the headline figures
@@ -102,7 +96,7 @@ def saluki_rna(out: Path) -> dict[str, float]:
     run = out / "experiments/rna_saluki"
     figures = {"test_spearman": results(run / "fine-tune/0/test_results.json")["test_spearman"]}
     predicted = rows(run / "predict/test_predictions.csv")
-    figures["predict_spearman"] = spearman([r["label"] for r in predicted], [r["prediction"] for r in predicted])
+    figures["predict_spearman"] = agreement(predicted)["spearman"]
 
     are = are_positions(DATA / "rna_predict.txt")
     loo: dict[bool, list[float]] = {True: [], False: []}
@@ -153,7 +147,7 @@ def psam_binding(out: Path) -> dict[str, float]:
     figures = {"motif_similarity": float(motif_similarity(np.array(learned), np.array(truth["energies"][0]))[0])}
     figures["test_pearson"] = results(run / "fine-tune/0/test_results.json")["test_pearson"]
     predicted = rows(run / "predict/test_predictions.csv")
-    figures["predict_pearson"] = float(np.corrcoef([float(r["label"]) for r in predicted], [float(r["prediction"]) for r in predicted])[0, 1])
+    figures["predict_pearson"] = agreement(predicted)["pearson"]
     # sequences whose planted site dominates their affinity: there the largest masking drop
     # (the most negative loo) must fall inside the site
     lines = [line.split("\t") for line in (DATA / "dna_binding_predict.txt").read_text().splitlines()]
@@ -185,7 +179,7 @@ def lcl_genotypes(out: Path) -> dict[str, float]:
         count[index[r["token"]]] += 1
     causal = np.zeros(len(snps), bool)
     causal[[int(line.split()[0]) for line in (DATA / "genotypes_causal.txt").read_text().splitlines()]] = True
-    figures["causal_snp_auroc"] = auroc(causal, total / np.maximum(count, 1))
+    figures["causal_snp_auroc"] = metrics.auroc(causal, total / np.maximum(count, 1))
     return figures
 
 
